@@ -1,0 +1,109 @@
+"""Speed and peak memory of the optimization loop at 64x64: the renderer alone, the prior alone, the whole step.
+
+    python bench/loop.py OUT.json [--device cpu|cuda] [--prior analytic|embedded] [--steps N] [--preset default]
+
+Prints a table and one JSON line (also written to OUT.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from dreamfusion.cameras import sample_cameras
+from dreamfusion.config import build_config
+from dreamfusion.priors import build_prior
+from dreamfusion.renderer import render
+from dreamfusion.sds import score_distillation
+from dreamfusion.trainer import Trainer
+
+
+def measure(fn: Callable[[], object], steps: int, device: torch.device) -> dict[str, float]:
+    for _ in range(3):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    if device.type == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS
+    return {"it_per_s": steps / seconds, "ms_per_it": 1000 * seconds / steps, "peak_mb": peak_mb}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", type=Path, help="where to write the JSON results")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--prior", default="analytic")
+    parser.add_argument("--preset", default="default")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=1)
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    config = build_config(
+        args.preset,
+        overrides={
+            "prompt": "a red chair",
+            "device": args.device,
+            "prior": {"name": args.prior},
+            "camera": {"resolution": 64},
+            "trainer": {"batch_size": args.batch_size},
+            "shading": {"albedo_warmup_steps": 0},
+        },
+    )
+    prior = build_prior(config.prior, device)
+    trainer = Trainer(config, prior, device)
+    generator = torch.Generator().manual_seed(0)
+    cameras = sample_cameras(config.camera, args.batch_size, generator).to(device)
+
+    def render_only() -> None:
+        out = render(
+            trainer.field, trainer.background, cameras, config.renderer, shading="lambertian",
+            with_normals=True, training=True, host_generator=trainer.rng.host, device_generator=trainer.rng.device,
+        )
+        out.rgb.sum().backward()
+
+    latents = prior.encode_images(torch.rand(args.batch_size, 3, prior.resolution, prior.resolution, device=device))
+    cond, uncond = trainer.embeddings.for_views(cameras.view_labels)
+    scale = trainer.guidance_scale
+
+    def prior_only() -> None:
+        with trainer._autocast():
+            score_distillation(prior, latents, cond, uncond, scale, (0.02, 0.98), "sds", generator)
+
+    rows = {
+        "renderer (fwd+bwd, shaded)": measure(render_only, args.steps, device),
+        "prior (SDS, CFG batch 2)": measure(prior_only, args.steps, device),
+        "whole step": measure(trainer.train_step, args.steps, device),
+    }
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"\nloop benchmark: prior={args.prior} preset={args.preset} batch={args.batch_size} 64x64 "
+          f"samples={config.renderer.num_samples}+{config.renderer.num_importance} on {name}, torch {torch.__version__}")
+    print(f"{'part':<30}{'it/s':>10}{'ms/it':>10}{'peak MB':>10}")
+    for part, row in rows.items():
+        print(f"{part:<30}{row['it_per_s']:>10.1f}{row['ms_per_it']:>10.1f}{row['peak_mb']:>10.0f}")
+    record = {"bench": "loop", "device": name, "prior": args.prior, "preset": args.preset, "batch_size": args.batch_size,
+              "torch": torch.__version__, "results": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2))
+    print(json.dumps(record))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

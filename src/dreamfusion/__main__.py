@@ -1,0 +1,3 @@
+from dreamfusion.cli import main
+
+main()

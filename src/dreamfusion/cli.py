@@ -1,0 +1,159 @@
+"""The dreamfusion command line."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from dreamfusion.priors import PRIOR_NAMES, PriorError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Text to 3D with Score Distillation Sampling: optimize a NeRF until its renders satisfy a 2D diffusion prior.",
+)
+console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(command: F) -> F:
+    """Turn the package's user-facing errors into one line on stderr and exit code 2, never a traceback."""
+    from dreamfusion.run import RunError
+    from dreamfusion.trainer import TrainingError
+    from dreamfusion.typed_config import ConfigError
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (RunError, TrainingError, PriorError, ConfigError) as error:
+            console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=2) from None
+        except KeyboardInterrupt:
+            console.print("interrupted; the last checkpoint is kept (continue with --resume)")
+            raise typer.Exit(code=130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[speed]:>6.1f} it/s"),
+        TextColumn("loss {task.fields[loss]:.4g}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+@app.command()
+@user_errors
+def generate(
+    prompt: Annotated[str, typer.Argument(help='What to make, e.g. "a red chair".')],
+    prior: Annotated[str, typer.Option(help=f"2D diffusion prior: {', '.join(PRIOR_NAMES)}.")] = "embedded",
+    model: Annotated[
+        str | None, typer.Option(help="Prior weights: a local folder (sd / if: required), or a model id in the local cache.")
+    ] = None,
+    iters: Annotated[int | None, typer.Option(help="Optimization steps (default: the preset's).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed on CPU repeats a run exactly.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default: outputs/<prompt-slug>).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    config: Annotated[Path | None, typer.Option(help="YAML file of config overrides (see config.yaml in a run).")] = None,
+    preset: Annotated[str, typer.Option(help="preview (fast, CPU-sized), default, or quality.")] = "default",
+    guidance_scale: Annotated[float | None, typer.Option(help="Classifier-free guidance scale (default: the prior's).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in --out.")] = False,
+) -> None:
+    """Optimize a 3D object (a NeRF) for PROMPT and write a checkpoint, metrics, a turntable video and a preview."""
+    from dreamfusion.config import build_config
+    from dreamfusion.run import generate as run_generate
+    from dreamfusion.run import prompt_slug, validate_prompt
+    from dreamfusion.typed_config import ConfigError
+
+    prompt = validate_prompt(prompt)
+    if prior not in PRIOR_NAMES:
+        raise PriorError(f"unknown prior {prior!r}; choose one of: {', '.join(PRIOR_NAMES)}")
+    if iters is not None and iters <= 0:
+        raise ConfigError(f"--iters must be a positive number of steps, got {iters}")
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--device must be auto, cpu or cuda, got {device!r}")
+    overrides: dict[str, Any] = {"prompt": prompt, "seed": seed, "device": device, "prior": {"name": prior, "model": model}}
+    if iters is not None:
+        overrides["trainer"] = {"iters": iters}
+    if guidance_scale is not None:
+        overrides["guidance"] = {"guidance_scale": guidance_scale}
+    run_config = build_config(preset, config, overrides)
+    run_dir = out if out is not None else Path("outputs") / prompt_slug(prompt)
+
+    with _progress() as progress:
+        task = progress.add_task("optimizing", total=run_config.trainer.iters, speed=0.0, loss=float("nan"))
+
+        def on_start(trainer: Any) -> None:
+            progress.update(task, completed=trainer.step, total=trainer.config.trainer.iters)
+
+        def on_step(metrics: Any) -> None:
+            progress.update(task, advance=1, speed=metrics.it_per_s, loss=metrics.loss)
+
+        result = run_generate(
+            run_config, run_dir, resume=resume, overwrite=overwrite, resume_iters=iters, on_step=on_step, on_start=on_start
+        )
+    skipped = f", {result.train.skipped_steps} non-finite steps skipped" if result.train.skipped_steps else ""
+    console.print(f"done: {result.train.steps} steps on {result.device}{skipped}")
+    console.print(f"results in {run_dir}/: turntable.gif, {'turntable.mp4, ' if result.outputs.mp4 else ''}preview.png, checkpoint.pt")
+    if result.outputs.mp4_error:
+        console.print(f"[yellow]note:[/] {result.outputs.mp4_error}")
+
+
+@app.command()
+@user_errors
+def render(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by generate.")],
+    frames: Annotated[int | None, typer.Option(help="Frames in the turntable (default: the run's).")] = None,
+    elevation: Annotated[float | None, typer.Option(help="Camera elevation in degrees (default: the run's).")] = None,
+    resolution: Annotated[int | None, typer.Option(help="Rendered side in pixels (default: the run's).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Re-render the turntable video, GIF and preview of a run from its checkpoint."""
+    from dataclasses import replace
+
+    from dreamfusion.export.video import write_turntable
+    from dreamfusion.run import load_scene
+    from dreamfusion.typed_config import ConfigError
+
+    config, scene = load_scene(run_dir, device)
+    turntable = config.turntable
+    try:
+        turntable = replace(
+            turntable,
+            frames=frames if frames is not None else turntable.frames,
+            elevation=elevation if elevation is not None else turntable.elevation,
+            resolution=resolution if resolution is not None else turntable.resolution,
+        )
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    outputs = write_turntable(scene, turntable, run_dir)
+    console.print(f"wrote {outputs.gif}, {outputs.preview}" + (f", {outputs.mp4}" if outputs.mp4 else ""))
+    if outputs.mp4_error:
+        console.print(f"[yellow]note:[/] {outputs.mp4_error}")
+
+
+def main() -> None:
+    try:
+        app()
+    except BrokenPipeError:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

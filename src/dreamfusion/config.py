@@ -1,0 +1,104 @@
+"""The run config: every component's config in one frozen tree, presets, and YAML load / dump."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from dreamfusion.cameras import CameraConfig, TurntableConfig
+from dreamfusion.field import FieldConfig, HashGridConfig
+from dreamfusion.priors import PriorConfig
+from dreamfusion.renderer import RendererConfig
+from dreamfusion.schedules import Ramp
+from dreamfusion.sds import GuidanceConfig
+from dreamfusion.shading import BackgroundConfig, ShadingConfig
+from dreamfusion.trainer import TrainerConfig
+from dreamfusion.typed_config import ConfigError, from_dict, merge, to_dict
+
+Preset = Literal["preview", "default", "quality"]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a run; written to the run directory as config.yaml and never changed during it."""
+
+    prompt: str = ""
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    prior: PriorConfig = PriorConfig()
+    camera: CameraConfig = CameraConfig()
+    field: FieldConfig = FieldConfig()
+    background: BackgroundConfig = BackgroundConfig()
+    renderer: RendererConfig = RendererConfig()
+    shading: ShadingConfig = ShadingConfig()
+    guidance: GuidanceConfig = GuidanceConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    turntable: TurntableConfig = TurntableConfig()
+
+
+# Overrides on top of the defaults. "preview" is sized for a CPU: a coarser grid, fewer samples and steps.
+PRESETS: dict[str, dict[str, Any]] = {
+    "preview": {
+        "camera": {"resolution": 32},
+        "field": {"encoding": {"levels": 8, "log2_table_size": 15, "max_resolution": 256}, "hidden": 32},
+        "renderer": {"num_samples": 32},
+        "shading": {"albedo_warmup_steps": 100},
+        "trainer": {
+            "iters": 500,
+            "checkpoint_every": 100,
+            "lambda_orient": {"start": 1e-4, "end": 1e-2, "steps": 200, "kind": "log"},
+        },
+        "turntable": {"frames": 36},
+    },
+    "default": {},
+    "quality": {
+        "renderer": {"num_samples": 64, "num_importance": 32},
+        "shading": {"albedo_warmup_steps": 2000},
+        "trainer": {
+            "iters": 10000,
+            "batch_size": 4,
+            "lambda_orient": {"start": 1e-4, "end": 1e-2, "steps": 3000, "kind": "log"},
+        },
+        "guidance": {"t_range_end": [0.02, 0.5]},
+        "turntable": {"frames": 120, "resolution": 128},
+    },
+}
+
+
+def build_config(preset: str = "default", file: Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Defaults, then the preset, then a YAML/JSON file, then explicit overrides (e.g. from the command line)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    config = merge(RunConfig(), PRESETS[preset])
+    if file is not None:
+        config = merge(config, read_config_file(file))
+    return merge(config, overrides or {})
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    return data
+
+
+def load_config(path: Path) -> RunConfig:
+    """Read a complete config.yaml as written by ``dump_config``."""
+    return from_dict(RunConfig, read_config_file(path))
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+__all__ = ["PRESETS", "ConfigError", "HashGridConfig", "Preset", "Ramp", "RunConfig", "build_config", "dump_config", "load_config"]

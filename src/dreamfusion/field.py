@@ -1,0 +1,203 @@
+"""The NeRF field: a multiresolution hash-grid encoding (Instant-NGP) in plain PyTorch and a small MLP giving
+density (with the DreamFusion "blob" bias) and albedo, plus normals from the density gradient."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+DensityBias = Literal["blob_dreamfusion", "blob_magic3d", "none"]
+DensityActivation = Literal["exp", "softplus"]
+NormalMethod = Literal["autograd", "finite_difference"]
+
+_PRIMES = (1, 2654435761, 805459861)
+
+
+@dataclass(frozen=True)
+class HashGridConfig:
+    """Multiresolution hash encoding (Mueller et al. 2022)."""
+
+    levels: int = 16
+    features_per_level: int = 2
+    log2_table_size: int = 19
+    base_resolution: int = 16
+    max_resolution: int = 2048
+    """Finest grid resolution over the bounding cube; the per-level growth factor follows from it."""
+    init_scale: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if min(self.levels, self.features_per_level, self.log2_table_size, self.base_resolution) <= 0:
+            raise ValueError("hash grid levels, features, table size and base resolution must be positive")
+        if self.max_resolution < self.base_resolution:
+            raise ValueError("hash grid max_resolution must be >= base_resolution")
+
+    @property
+    def output_dim(self) -> int:
+        return self.levels * self.features_per_level
+
+
+class HashGridEncoding(nn.Module):
+    """Trilinearly interpolated features from one hashed (or dense, where it fits) table per level.
+
+    Inputs are points in [0, 1]^3. Plain PyTorch so it runs on CPU and CUDA and supports double
+    backward, which the normals of the orientation loss need.
+    """
+
+    def __init__(self, config: HashGridConfig) -> None:
+        super().__init__()
+        self.config = config
+        table_size = 2**config.log2_table_size
+        growth = math.exp(
+            (math.log(config.max_resolution) - math.log(config.base_resolution)) / max(config.levels - 1, 1)
+        )
+        resolutions = [int(math.floor(config.base_resolution * growth**level)) for level in range(config.levels)]
+        # Coarse levels whose grid fits the table are indexed densely (no collisions); the rest are hashed.
+        self.dense_levels = sum((res + 1) ** 3 <= table_size for res in resolutions)
+        self.table_size = table_size
+        self.register_buffer("resolutions", torch.tensor(resolutions, dtype=torch.float32), persistent=False)
+        multipliers = [
+            [1, res + 1, (res + 1) ** 2] if level < self.dense_levels else list(_PRIMES)
+            for level, res in enumerate(resolutions)
+        ]
+        self.register_buffer("axis_multipliers", torch.tensor(multipliers, dtype=torch.int64), persistent=False)
+        self.register_buffer(
+            "level_offsets", torch.arange(config.levels, dtype=torch.int64) * table_size, persistent=False
+        )
+        self.tables = nn.Parameter(
+            (torch.rand(config.levels, table_size, config.features_per_level) * 2 - 1) * config.init_scale
+        )
+
+    def forward(self, x: Float[Tensor, "N 3"]) -> Float[Tensor, "N F"]:
+        levels, features = self.config.levels, self.config.features_per_level
+        scaled = x[:, None, :] * self.resolutions[None, :, None]  # N L 3
+        base = torch.floor(scaled.detach())
+        frac = scaled - base  # keeps the gradient with respect to x
+        # Integer coordinates of the two grid lines around x on each axis: N L 3 2.
+        coords = base.long()[..., None] + torch.arange(2, device=x.device)
+        # Per-axis index terms, combined over the 8 corners by broadcasting (bit 2: x, bit 1: y, bit 0: z):
+        # far cheaper than forming all 8 x 3 corner coordinates first.
+        terms = coords * self.axis_multipliers[None, :, :, None]
+        tx, ty, tz = terms[:, :, 0, :, None, None], terms[:, :, 1, None, :, None], terms[:, :, 2, None, None, :]
+        dense_levels = self.dense_levels
+        index = torch.cat(
+            (
+                (tx[:, :dense_levels] + ty[:, :dense_levels] + tz[:, :dense_levels]),
+                (tx[:, dense_levels:] ^ ty[:, dense_levels:] ^ tz[:, dense_levels:]) & (self.table_size - 1),
+            ),
+            dim=1,
+        ).reshape(x.shape[0], levels, 8)
+        flat = (index + self.level_offsets[None, :, None]).reshape(-1)
+        values = self.tables.reshape(-1, features)[flat].reshape(x.shape[0], levels, 8, features)
+        # Trilinear weights as an outer product of per-axis (1 - f, f) pairs in the same corner order;
+        # cheaper to differentiate twice than a product over axes.
+        pairs = torch.stack((1 - frac, frac), dim=-1)  # N L 3 2
+        wx, wy, wz = pairs[:, :, 0], pairs[:, :, 1], pairs[:, :, 2]
+        weights = (wx[..., :, None, None] * (wy[..., :, None] * wz[..., None, :])[..., None, :, :]).reshape(
+            x.shape[0], levels, 8
+        )
+        return torch.einsum("nlc,nlcf->nlf", weights, values).reshape(x.shape[0], levels * features)
+
+
+@dataclass(frozen=True)
+class FieldConfig:
+    """Density and albedo of the scene inside the bounding sphere."""
+
+    encoding: HashGridConfig = HashGridConfig()
+    hidden: int = 64
+    layers: int = 2
+    bound: float = 1.4
+    """Radius of the scene's bounding sphere; also the half side of the cube the encoding covers."""
+    density_activation: DensityActivation = "softplus"
+    density_bias: DensityBias = "blob_magic3d"
+    """"blob_dreamfusion": + lambda * exp(-|x|^2 / (2 sigma^2)) (paper); "blob_magic3d": + lambda * (1 - |x| / sigma)."""
+    blob_density: float | None = None
+    """lambda of the blob; None gives 5 for the paper's blob and 10 for Magic3D's."""
+    blob_radius: float | None = None
+    """sigma of the blob; None gives 0.2 for the paper's blob and 0.5 for Magic3D's."""
+    normals: NormalMethod = "autograd"
+    finite_difference_eps: float = 1e-2
+
+    def __post_init__(self) -> None:
+        if self.hidden <= 0 or self.layers <= 0 or self.bound <= 0:
+            raise ValueError("field hidden, layers and bound must be positive")
+        if self.finite_difference_eps <= 0:
+            raise ValueError("field finite_difference_eps must be positive")
+
+    @property
+    def blob(self) -> tuple[float, float]:
+        defaults = {"blob_dreamfusion": (5.0, 0.2), "blob_magic3d": (10.0, 0.5), "none": (0.0, 1.0)}
+        lam, sigma = defaults[self.density_bias]
+        return (lam if self.blob_density is None else self.blob_density, sigma if self.blob_radius is None else self.blob_radius)
+
+
+@dataclass
+class FieldOutput:
+    density: Float[Tensor, " N"]
+    albedo: Float[Tensor, "N 3"]
+    normals: Float[Tensor, "N 3"] | None
+
+
+class NeRFField(nn.Module):
+    def __init__(self, config: FieldConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoding = HashGridEncoding(config.encoding)
+        dims = [config.encoding.output_dim] + [config.hidden] * config.layers
+        layers: list[nn.Module] = []
+        for d_in, d_out in zip(dims[:-1], dims[1:], strict=True):
+            layers += [nn.Linear(d_in, d_out), nn.SiLU()]
+        layers.append(nn.Linear(dims[-1], 4))
+        self.mlp = nn.Sequential(*layers)
+
+    def density_bias(self, x: Float[Tensor, "N 3"]) -> Float[Tensor, " N"]:
+        lam, sigma = self.config.blob
+        if self.config.density_bias == "blob_dreamfusion":
+            return lam * torch.exp(-(x**2).sum(-1) / (2 * sigma**2))
+        if self.config.density_bias == "blob_magic3d":
+            return lam * (1 - x.norm(dim=-1) / sigma)
+        return torch.zeros_like(x[:, 0])
+
+    def _raw(self, x: Float[Tensor, "N 3"]) -> tuple[Float[Tensor, " N"], Float[Tensor, "N 3"]]:
+        unit = ((x / self.config.bound) + 1) / 2
+        out = self.mlp(self.encoding(unit.clamp(0.0, 1.0)))
+        raw_density = out[:, 0] + self.density_bias(x)
+        return raw_density, out[:, 1:]
+
+    def _activate(self, raw_density: Tensor) -> Tensor:
+        if self.config.density_activation == "exp":
+            return torch.exp(raw_density.clamp(max=15.0))  # clamped: exp overflows long before it helps
+        return torch.nn.functional.softplus(raw_density)
+
+    def density(self, x: Float[Tensor, "N 3"]) -> Float[Tensor, " N"]:
+        return self._activate(self._raw(x)[0])
+
+    def forward(self, x: Float[Tensor, "N 3"], with_normals: bool = False) -> FieldOutput:
+        if not with_normals:
+            raw, albedo_raw = self._raw(x)
+            return FieldOutput(self._activate(raw), torch.sigmoid(albedo_raw), None)
+        if self.config.normals == "finite_difference":
+            raw, albedo_raw = self._raw(x)
+            density = self._activate(raw)
+            gradient = self._finite_difference_gradient(x)
+        else:
+            create_graph = torch.is_grad_enabled()
+            with torch.enable_grad():
+                x = x if x.requires_grad else x.detach().requires_grad_(True)
+                raw, albedo_raw = self._raw(x)
+                density = self._activate(raw)
+                # create_graph lets losses on the normals (orientation, shading) train the density.
+                (gradient,) = torch.autograd.grad(density.sum(), x, create_graph=create_graph)
+        # Normals point against the density gradient: out of the surface.
+        return FieldOutput(density, torch.sigmoid(albedo_raw), -torch.nn.functional.normalize(gradient, dim=-1))
+
+    def _finite_difference_gradient(self, x: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3"]:
+        eps = self.config.finite_difference_eps
+        offsets = torch.eye(3, dtype=x.dtype, device=x.device) * eps
+        probes = torch.cat((x[:, None] + offsets, x[:, None] - offsets), dim=1).reshape(-1, 3)
+        density = self.density(probes).reshape(x.shape[0], 2, 3)
+        return (density[:, 0] - density[:, 1]) / (2 * eps)

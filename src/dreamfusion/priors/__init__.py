@@ -1,0 +1,61 @@
+"""2D diffusion priors behind one Protocol, chosen by name.
+
+Each prior lives in its own module, imported only when chosen, so heavy dependencies (diffusers) are
+needed only by the priors that use them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from dreamfusion.priors.base import DiffusionPrior, PriorError, PromptEmbeddings
+
+PriorName = Literal["embedded", "analytic", "sd", "if"]
+
+# name -> (module, builder function, one-line description)
+_REGISTRY: dict[str, tuple[str, str, str]] = {
+    "embedded": ("dreamfusion.priors.embedded", "build", "small offline prior shipped with the package"),
+    "analytic": ("dreamfusion.priors.analytic", "build", "closed-form Gaussian prior for tests and debugging"),
+    "sd": ("dreamfusion.priors.stable_diffusion", "build", "Stable Diffusion 1.x / 2.x from a local diffusers folder"),
+    "if": ("dreamfusion.priors.deepfloyd_if", "build", "DeepFloyd IF stage I from a local diffusers folder"),
+}
+PRIOR_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    """Which prior guides the run, and where its weights are."""
+
+    name: PriorName = "embedded"
+    model: str | None = None
+    """Weights: a local folder (or, for "sd" / "if", a model id already in the local cache). None: the
+    shipped weights for "embedded"; required for "sd" and "if"."""
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    """Dtype of the prior's weights; "auto" is fp32 on CPU and the prior's preference on CUDA."""
+
+
+def build_prior(config: PriorConfig, device: torch.device) -> DiffusionPrior:
+    """Load the prior named in ``config`` on ``device``. Raises PriorError with a user-facing message."""
+    if config.name not in _REGISTRY:
+        raise PriorError(f"unknown prior {config.name!r}; choose one of: {', '.join(PRIOR_NAMES)}")
+    module_name, builder, _ = _REGISTRY[config.name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name and error.name.startswith("dreamfusion"):
+            raise PriorError(f"prior {config.name!r} is not available in this version of dreamfusion") from None
+        raise PriorError(
+            f"prior {config.name!r} needs the package {error.name!r}: pip install 'dreamfusion[diffusers]'"
+        ) from None
+    return getattr(module, builder)(config, device)
+
+
+def describe_priors() -> str:
+    return "; ".join(f"{name}: {desc}" for name, (_, _, desc) in _REGISTRY.items())
+
+
+__all__ = ["DiffusionPrior", "PriorConfig", "PriorError", "PromptEmbeddings", "build_prior", "PRIOR_NAMES"]

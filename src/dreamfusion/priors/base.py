@@ -1,0 +1,87 @@
+"""The interface every 2D diffusion prior implements, so the trainer never branches on which prior it has."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from dreamfusion.cameras import VIEW_LABELS, ViewLabel, view_suffix
+
+
+class PriorError(ValueError):
+    """A prior cannot be built or cannot read the prompt; the message is shown to the user as it is."""
+
+
+@dataclass
+class PromptEmbeddings:
+    """Text conditioning computed once per run: one embedding per view label, plus the unconditional one.
+
+    Each tensor has a leading batch dimension of 1; its other dimensions are the prior's own.
+    """
+
+    by_view: dict[ViewLabel, Tensor]
+    unconditional: Tensor
+
+    def for_views(self, labels: tuple[ViewLabel, ...]) -> tuple[Tensor, Tensor]:
+        """Conditional and unconditional embeddings stacked along the batch for these views."""
+        conditional = torch.cat([self.by_view[label] for label in labels], dim=0)
+        unconditional = self.unconditional.expand(len(labels), *self.unconditional.shape[1:])
+        return conditional, unconditional
+
+    def to(self, device: torch.device | str) -> PromptEmbeddings:
+        return PromptEmbeddings(
+            by_view={label: emb.to(device) for label, emb in self.by_view.items()},
+            unconditional=self.unconditional.to(device),
+        )
+
+
+def view_prompts(prompt: str) -> dict[ViewLabel, str]:
+    """The prompt with each view suffix appended: {"front": "a red chair, front view", ...}."""
+    return {label: prompt + view_suffix(label) for label in VIEW_LABELS}
+
+
+@runtime_checkable
+class DiffusionPrior(Protocol):
+    """A frozen text-to-image diffusion model seen through the few operations SDS needs.
+
+    Renders enter as rgb in [0, 1]; ``encode_images`` maps them, differentiably, into the space the
+    model denoises (pixels in [-1, 1] for pixel priors, scaled VAE latents for latent priors).
+    """
+
+    name: str
+    resolution: int
+    """Side of the rgb image the prior expects, in pixels."""
+    latent_shape: tuple[int, int, int]
+    """(C, h, w) of the space the model denoises."""
+    default_guidance_scale: float
+    """Classifier-free guidance scale used when the run config leaves it unset."""
+
+    @property
+    def alphas_cumprod(self) -> Float[Tensor, " T"]:
+        """Cumulative signal fraction of the noise schedule, on the prior's device."""
+        ...
+
+    def encode_prompt(self, prompt: str, negative_prompt: str = "") -> PromptEmbeddings:
+        """Embed the prompt with every view suffix, and the unconditional (or negative) prompt."""
+        ...
+
+    def encode_images(self, rgb: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B C h w"]:
+        """Map renders in [0, 1] into the model's space, keeping gradients."""
+        ...
+
+    def predict_noise(
+        self,
+        noisy: Float[Tensor, "B C h w"],
+        timesteps: Int[Tensor, " B"],
+        embeddings: Tensor,
+    ) -> Float[Tensor, "B C h w"]:
+        """Epsilon prediction at integer timesteps for a batch of embeddings (no gradient needed)."""
+        ...
+
+    def decode(self, latents: Float[Tensor, "B C h w"]) -> Float[Tensor, "B 3 H W"]:
+        """Map the model's space back to rgb in [0, 1] (for sampling images from the prior)."""
+        ...

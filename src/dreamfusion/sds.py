@@ -1,0 +1,154 @@
+"""Score Distillation Sampling as pure functions (DreamFusion, section 3; arXiv 2209.14988).
+
+grad_theta L_SDS = E_{t, eps}[ w(t) (eps_hat(z_t; y, t) - eps) dz/dtheta ], with the diffusion model's
+Jacobian dropped: the model runs without gradients and only the rendered image (or its latent) carries
+gradients back to the NeRF.
+
+Classifier-free guidance is written in one form throughout the package, the diffusers form
+
+    eps_hat = eps_uncond + s * (eps_text - eps_uncond).
+
+The paper writes (1 + w) * eps_text - w * eps_uncond; that is the same with s = 1 + w.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from dreamfusion.priors.base import DiffusionPrior
+
+Weighting = Literal["sds", "uniform"]
+
+
+def sample_timesteps(
+    batch_size: int,
+    t_range: tuple[float, float],
+    num_train_timesteps: int,
+    generator: torch.Generator,
+) -> Int[Tensor, " B"]:
+    """Integer timesteps uniform in [t_min, t_max] given as fractions of the schedule (paper: 0.02..0.98)."""
+    low = int(round(t_range[0] * (num_train_timesteps - 1)))
+    high = int(round(t_range[1] * (num_train_timesteps - 1)))
+    return torch.randint(low, high + 1, (batch_size,), generator=generator)
+
+
+def sds_weight(
+    alphas_cumprod: Float[Tensor, " T"], timesteps: Int[Tensor, " B"], weighting: Weighting
+) -> Float[Tensor, " B"]:
+    """w(t): "sds" is sigma_t^2 = 1 - alpha_bar_t (paper); "uniform" is 1."""
+    if weighting == "sds":
+        return 1.0 - alphas_cumprod[timesteps]
+    if weighting == "uniform":
+        return torch.ones_like(alphas_cumprod[timesteps])
+    raise ValueError(f"unknown SDS weighting {weighting!r}")
+
+
+def add_noise(
+    clean: Float[Tensor, "B C H W"],
+    noise: Float[Tensor, "B C H W"],
+    alphas_cumprod: Float[Tensor, " T"],
+    timesteps: Int[Tensor, " B"],
+) -> Float[Tensor, "B C H W"]:
+    """z_t = sqrt(alpha_bar_t) z_0 + sqrt(1 - alpha_bar_t) eps."""
+    alpha_bar = alphas_cumprod[timesteps].to(clean.dtype)[:, None, None, None]
+    return alpha_bar.sqrt() * clean + (1.0 - alpha_bar).sqrt() * noise
+
+
+def classifier_free_guidance(
+    eps_unconditional: Float[Tensor, "B C H W"], eps_text: Float[Tensor, "B C H W"], scale: float
+) -> Float[Tensor, "B C H W"]:
+    """eps_uncond + scale * (eps_text - eps_uncond); scale 1 is the conditional model, 0 the unconditional."""
+    return eps_unconditional + scale * (eps_text - eps_unconditional)
+
+
+def sds_gradient(
+    eps_guided: Float[Tensor, "B C H W"], noise: Float[Tensor, "B C H W"], weight: Float[Tensor, " B"]
+) -> Float[Tensor, "B C H W"]:
+    """w(t) (eps_hat - eps): the gradient SDS puts on the denoised image or latent."""
+    return weight.to(eps_guided.dtype)[:, None, None, None] * (eps_guided - noise)
+
+
+def sds_loss(latents: Float[Tensor, "B C H W"], gradient: Float[Tensor, "B C H W"]) -> Float[Tensor, ""]:
+    """A loss whose gradient with respect to ``latents`` is ``gradient`` (summed over pixels, averaged over the batch).
+
+    Written as half the squared distance to a detached target, 0.5 * ||z - (z - g)||^2, rather than as
+    sum(g * z): the value stays non-negative and finite under mixed precision and gradient scaling.
+    """
+    target = (latents - gradient.detach()).detach()
+    return 0.5 * ((latents.float() - target.float()) ** 2).sum() / latents.shape[0]
+
+
+@dataclass(frozen=True)
+class GuidanceConfig:
+    """How the prior guides the render."""
+
+    guidance_scale: float | None = None
+    """Classifier-free guidance scale s (diffusers form). None uses the prior's default (100 for Stable Diffusion)."""
+    t_range: tuple[float, float] = (0.02, 0.98)
+    """Timestep range as fractions of the schedule, at the start of the run."""
+    t_range_end: tuple[float, float] | None = None
+    """If set, the range is annealed linearly to this one over the run (e.g. (0.02, 0.5) to refine detail)."""
+    weighting: Weighting = "sds"
+    """w(t): "sds" is 1 - alpha_bar_t, "uniform" is 1."""
+    negative_prompt: str = ""
+    """Prompt standing for the unconditional branch of guidance."""
+
+    def __post_init__(self) -> None:
+        if self.guidance_scale is not None and self.guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be non-negative, got {self.guidance_scale}")
+        for name in ("t_range", "t_range_end"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value[0] <= value[1] <= 1.0:
+                raise ValueError(f"guidance {name} must satisfy 0 <= low <= high <= 1, got {value}")
+
+    def t_range_at(self, progress: float) -> tuple[float, float]:
+        """The timestep range at ``progress`` in [0, 1] of the run."""
+        if self.t_range_end is None:
+            return self.t_range
+        return (
+            self.t_range[0] + (self.t_range_end[0] - self.t_range[0]) * progress,
+            self.t_range[1] + (self.t_range_end[1] - self.t_range[1]) * progress,
+        )
+
+
+@dataclass
+class SDSOutput:
+    loss_sds: Float[Tensor, ""]
+    gradient: Float[Tensor, "B C H W"]
+    timesteps: Int[Tensor, " B"]
+
+
+def score_distillation(
+    prior: DiffusionPrior,
+    latents: Float[Tensor, "B C H W"],
+    conditional: Tensor,
+    unconditional: Tensor,
+    guidance_scale: float,
+    t_range: tuple[float, float],
+    weighting: Weighting,
+    generator: torch.Generator,
+) -> SDSOutput:
+    """One SDS evaluation: noise the latents, denoise with and without text in one batch, guide, form the loss.
+
+    Timesteps and noise are drawn on the CPU from ``generator`` so a run is reproducible on any device.
+    """
+    alphas_cumprod = prior.alphas_cumprod
+    batch = latents.shape[0]
+    timesteps = sample_timesteps(batch, t_range, alphas_cumprod.shape[0], generator)
+    noise = torch.randn(latents.shape, generator=generator).to(latents)
+    timesteps_device = timesteps.to(latents.device)
+    with torch.no_grad():
+        noisy = add_noise(latents.detach(), noise, alphas_cumprod, timesteps_device)
+        eps = prior.predict_noise(
+            torch.cat((noisy, noisy)), torch.cat((timesteps_device, timesteps_device)), torch.cat((conditional, unconditional))
+        ).to(latents.dtype)
+        eps_text, eps_unconditional = eps.chunk(2)
+        guided = classifier_free_guidance(eps_unconditional, eps_text, guidance_scale)
+        gradient = sds_gradient(guided, noise, sds_weight(alphas_cumprod, timesteps_device, weighting))
+    return SDSOutput(loss_sds=sds_loss(latents, gradient), gradient=gradient, timesteps=timesteps)

@@ -1,0 +1,340 @@
+"""The optimization loop: sample cameras -> render -> SDS + regularizers -> Adam step; checkpoints and resume."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from dreamfusion.cameras import sample_cameras
+from dreamfusion.field import NeRFField
+from dreamfusion.priors.base import DiffusionPrior, PromptEmbeddings
+from dreamfusion.regularizers import loss_opacity, loss_orientation
+from dreamfusion.renderer import render
+from dreamfusion.schedules import LearningRateSchedule, Ramp
+from dreamfusion.sds import score_distillation
+from dreamfusion.shading import Background, sample_shading_mode
+
+if TYPE_CHECKING:
+    from dreamfusion.config import RunConfig
+
+CHECKPOINT_VERSION = 1
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (diverged, or a checkpoint does not fit); the message is for the user."""
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """The optimization: steps, learning rates, loss weights, checkpoints."""
+
+    iters: int = 3000
+    """Optimization steps."""
+    batch_size: int = 1
+    """Views rendered per step (the paper uses 4, one per chip)."""
+    lr: float = 1e-2
+    """Adam learning rate of the field (hash grid and MLP)."""
+    background_lr: float = 1e-3
+    lr_schedule: LearningRateSchedule = LearningRateSchedule()
+    adam_betas: tuple[float, float] = (0.9, 0.99)
+    adam_eps: float = 1e-15
+    lambda_orient: Ramp = Ramp(start=1e-4, end=1e-2, steps=1000, kind="log")
+    """Orientation loss weight, annealed in (paper: 1e-4 -> 1e-2 over the first 5k of 15k steps)."""
+    lambda_opacity: Ramp = Ramp(start=1e-3)
+    """Weight of the opacity penalty sqrt(opacity^2 + 0.01)."""
+    checkpoint_every: int = 500
+    """Steps between checkpoints (one is always written at the end)."""
+    log_every: int = 10
+    """Steps between lines of metrics.jsonl."""
+    max_consecutive_nonfinite: int = 10
+    """Stop with an error after this many skipped non-finite steps in a row."""
+    mixed_precision: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    """Autocast dtype of the prior's forward: "auto" is bf16 on CUDA and off on CPU. The NeRF stays fp32."""
+
+    def __post_init__(self) -> None:
+        for name in ("iters", "batch_size", "checkpoint_every", "log_every", "max_consecutive_nonfinite"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"trainer {name} must be positive, got {getattr(self, name)}")
+        if self.lr <= 0 or self.background_lr < 0 or self.adam_eps <= 0:
+            raise ValueError("trainer lr must be positive, background_lr and adam_eps non-negative")
+
+
+@dataclass
+class StepMetrics:
+    step: int
+    loss: float
+    loss_sds: float
+    loss_orient: float
+    loss_opacity: float
+    lambda_orient: float
+    lambda_opacity: float
+    lr: float
+    timestep: int
+    shading: str
+    grad_norm: float
+    skipped: bool
+    it_per_s: float
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    skipped_steps: int
+    seconds: float
+    last: StepMetrics | None = None
+    history: list[StepMetrics] = field(default_factory=list)
+
+
+@dataclass
+class RandomState:
+    """Every random draw of a run comes from these two generators, so a checkpoint can restore them exactly."""
+
+    host: torch.Generator
+    """CPU: cameras, shading mode, background colours, timesteps, SDS noise."""
+    device: torch.Generator
+    """The run's device: stratified sample jitter."""
+
+    @classmethod
+    def seeded(cls, seed: int, device: torch.device) -> RandomState:
+        host = torch.Generator().manual_seed(seed)
+        on_device = torch.Generator(device=device).manual_seed(seed + 1)
+        return cls(host, on_device)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"host": self.host.get_state(), "device": self.device.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.host.set_state(state["host"])
+        self.device.set_state(state["device"])
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("--device cuda was asked for, but no CUDA device is available; use --device cpu")
+    return torch.device(name)
+
+
+class Trainer:
+    """Optimizes a NeRF against a frozen prior for one prompt."""
+
+    def __init__(self, config: RunConfig, prior: DiffusionPrior, device: torch.device) -> None:
+        torch.manual_seed(config.seed)  # parameter initialization only; training draws from RandomState
+        self.config = config
+        self.prior = prior
+        self.device = device
+        self.field = NeRFField(config.field).to(device)
+        self.background = Background(config.background).to(device)
+        self.rng = RandomState.seeded(config.seed, device)
+        trainer = config.trainer
+        self.optimizer = torch.optim.Adam(
+            [
+                {"params": self.field.parameters(), "lr": trainer.lr, "base_lr": trainer.lr},
+                {"params": self.background.parameters(), "lr": trainer.background_lr, "base_lr": trainer.background_lr},
+            ],
+            betas=trainer.adam_betas,
+            eps=trainer.adam_eps,
+        )
+        self.step = 0
+        self.skipped_steps = 0
+        self.nonfinite_in_row = 0
+        self.embeddings: PromptEmbeddings = prior.encode_prompt(config.prompt, config.guidance.negative_prompt).to(device)
+        scale = config.guidance.guidance_scale
+        self.guidance_scale = prior.default_guidance_scale if scale is None else scale
+
+    # -- one step -------------------------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        mode = self.config.trainer.mixed_precision
+        if self.device.type != "cuda" or mode == "off":
+            return contextlib.nullcontext()
+        dtype = torch.float16 if mode == "fp16" else torch.bfloat16
+        return torch.autocast("cuda", dtype=dtype)
+
+    def train_step(self) -> StepMetrics:
+        """One optimization step; a step whose loss or gradient is not finite is skipped and counted."""
+        config, trainer = self.config, self.config.trainer
+        started = time.perf_counter()
+        step = self.step
+        factor = trainer.lr_schedule.factor(step, trainer.iters)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+
+        cameras = sample_cameras(config.camera, trainer.batch_size, self.rng.host).to(self.device)
+        shading = sample_shading_mode(config.shading, step, self.rng.host)
+        lambda_orient = trainer.lambda_orient(step)
+        lambda_opacity = trainer.lambda_opacity(step)
+        out = render(
+            self.field,
+            self.background,
+            cameras,
+            config.renderer,
+            shading=shading,
+            ambient=config.shading.ambient,
+            diffuse=config.shading.diffuse,
+            with_normals=lambda_orient > 0,
+            training=True,
+            host_generator=self.rng.host,
+            device_generator=self.rng.device,
+        )
+        rgb = out.rgb.permute(0, 3, 1, 2)
+        if rgb.shape[-1] != self.prior.resolution:
+            rgb = F.interpolate(rgb, size=(self.prior.resolution,) * 2, mode="bilinear", align_corners=False)
+        conditional, unconditional = self.embeddings.for_views(cameras.view_labels)
+        progress = step / max(trainer.iters - 1, 1)
+        with self._autocast():
+            latents = self.prior.encode_images(rgb)
+            sds = score_distillation(
+                self.prior,
+                latents,
+                conditional,
+                unconditional,
+                self.guidance_scale,
+                config.guidance.t_range_at(progress),
+                config.guidance.weighting,
+                self.rng.host,
+            )
+        orient = loss_orientation(out) if lambda_orient > 0 else torch.zeros((), device=self.device)
+        opacity = loss_opacity(out)
+        loss = sds.loss_sds + lambda_orient * orient + lambda_opacity * opacity
+
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        finite = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))
+        if finite:
+            self.optimizer.step()
+            self.nonfinite_in_row = 0
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            self.nonfinite_in_row += 1
+        self.step += 1
+        elapsed = time.perf_counter() - started
+        return StepMetrics(
+            step=step,
+            loss=float(loss.detach()),
+            loss_sds=float(sds.loss_sds.detach()),
+            loss_orient=float(orient.detach()),
+            loss_opacity=float(opacity.detach()),
+            lambda_orient=lambda_orient,
+            lambda_opacity=lambda_opacity,
+            lr=trainer.lr * factor,
+            timestep=int(sds.timesteps[0]),
+            shading=shading,
+            grad_norm=float(grad_norm),
+            skipped=not finite,
+            it_per_s=1.0 / elapsed if elapsed > 0 else math.inf,
+        )
+
+    # -- the loop -------------------------------------------------------------------------------
+    def fit(
+        self,
+        run_dir: Path | None = None,
+        stop_at: int | None = None,
+        on_step: Callable[[StepMetrics], None] | None = None,
+    ) -> TrainResult:
+        """Train until ``stop_at`` (default: the configured iterations), checkpointing into ``run_dir``.
+
+        Raises TrainingError after too many non-finite steps in a row; the last good checkpoint stays.
+        """
+        trainer = self.config.trainer
+        end = trainer.iters if stop_at is None else min(stop_at, trainer.iters)
+        started = time.perf_counter()
+        result = TrainResult(steps=self.step, skipped_steps=self.skipped_steps, seconds=0.0)
+        while self.step < end:
+            metrics = self.train_step()
+            result.last = metrics
+            if metrics.skipped and self.nonfinite_in_row >= trainer.max_consecutive_nonfinite:
+                raise TrainingError(
+                    f"stopped at step {self.step}: {self.nonfinite_in_row} steps in a row had a non-finite loss or "
+                    "gradient; the last good checkpoint is kept. Try a lower --lr or guidance scale."
+                )
+            if metrics.step % trainer.log_every == 0 or self.step == end:
+                result.history.append(metrics)
+                if run_dir is not None:
+                    append_jsonl(run_dir / "metrics.jsonl", asdict(metrics))
+            if on_step is not None:
+                on_step(metrics)
+            if run_dir is not None and (self.step % trainer.checkpoint_every == 0 or self.step == end):
+                self.save_checkpoint(run_dir / "checkpoint.pt")
+        result.steps = self.step
+        result.skipped_steps = self.skipped_steps
+        result.seconds = time.perf_counter() - started
+        return result
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        from dreamfusion.typed_config import to_dict
+
+        return {
+            "version": CHECKPOINT_VERSION,
+            "step": self.step,
+            "skipped_steps": self.skipped_steps,
+            "nonfinite_in_row": self.nonfinite_in_row,
+            "field": self.field.state_dict(),
+            "background": self.background.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": self.rng.state_dict(),
+            "config": to_dict(self.config),
+        }
+
+    def save_checkpoint(self, path: Path) -> None:
+        atomic_torch_save(self.state_dict(), path)
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Restore a checkpoint written by ``save_checkpoint`` for the same run config."""
+        from dreamfusion.typed_config import to_dict
+
+        state = read_checkpoint(path)
+        saved, current = state["config"], to_dict(self.config)
+        # Only the number of iterations may change on resume (to extend a run).
+        comparable = {**saved, "trainer": {**saved.get("trainer", {}), "iters": None}}
+        if comparable != {**current, "trainer": {**current["trainer"], "iters": None}}:
+            raise TrainingError(f"{path} was written by a run with another config; start a new run or pass --overwrite")
+        try:
+            self.field.load_state_dict(state["field"])
+            self.background.load_state_dict(state["background"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.rng.load_state_dict(state["rng"])
+        except (RuntimeError, KeyError, ValueError) as error:
+            raise TrainingError(f"{path} does not fit this model ({str(error).splitlines()[0]})") from None
+        self.step = int(state["step"])
+        self.skipped_steps = int(state["skipped_steps"])
+        self.nonfinite_in_row = int(state["nonfinite_in_row"])
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint dict, turning every way a file can be broken into one TrainingError."""
+    if not path.is_file():
+        raise TrainingError(f"no checkpoint at {path}; start a new run without --resume")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - pickle, zip and I/O errors all mean a corrupt file
+        raise TrainingError(f"{path} is not a readable checkpoint ({type(error).__name__}); it may be truncated") from None
+    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
+        raise TrainingError(f"{path} is not a dreamfusion checkpoint of version {CHECKPOINT_VERSION}")
+    return state
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """Write to a temporary file beside ``path`` and rename, so a crash never leaves a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")

@@ -1,0 +1,99 @@
+import math
+
+import torch
+from torch import nn
+
+from dreamfusion.cameras import TurntableConfig, turntable_cameras
+from dreamfusion.field import FieldConfig, FieldOutput
+from dreamfusion.renderer import OccupancyGrid, RendererConfig, composite, ray_sphere_interval, render
+from dreamfusion.shading import Background, BackgroundConfig
+
+
+class SphereField(nn.Module):
+    """A solid ball of radius r and uniform albedo, with exact outward normals."""
+
+    def __init__(self, radius: float, albedo: tuple[float, float, float] = (0.8, 0.2, 0.1)) -> None:
+        super().__init__()
+        self.config = FieldConfig()
+        self.radius = radius
+        self.anchor = nn.Parameter(torch.zeros(1))
+        self.albedo = torch.tensor(albedo)
+
+    def density(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x.norm(dim=-1) < self.radius, 200.0, 0.0) + 0 * self.anchor
+
+    def forward(self, x: torch.Tensor, with_normals: bool = False) -> FieldOutput:
+        normals = torch.nn.functional.normalize(x, dim=-1) if with_normals else None
+        return FieldOutput(self.density(x), self.albedo.expand(x.shape[0], 3), normals)
+
+
+def _render(mode: str, with_normals: bool = False):
+    cameras = turntable_cameras(TurntableConfig(frames=2, elevation=0.0, distance=1.5, focal_multiplier=1.0, resolution=64))
+    background = Background(BackgroundConfig(kind="random_solid", eval_colour=(0.0, 1.0, 0.0)))
+    field = SphereField(0.5)
+    out = render(field, background, cameras, RendererConfig(num_samples=256), shading=mode, with_normals=with_normals)  # type: ignore[arg-type]
+    return cameras, out
+
+
+def test_sphere_renders_a_disc_of_the_right_radius() -> None:
+    cameras, out = _render("albedo")
+    # A ball of radius r seen from distance d subtends asin(r/d); in pixels that is f * tan(asin(r / d)).
+    expected_px = 64 * math.tan(math.asin(0.5 / 1.5))
+    rows = (torch.arange(64) + 0.5 - 32).abs()
+    radius_px = (rows[:, None] ** 2 + rows[None, :] ** 2).sqrt()
+    inside, outside = radius_px < expected_px - 1.5, radius_px > expected_px + 1.5
+    opacity = out.opacity[0, ..., 0]
+    assert opacity[inside].min() > 0.99
+    assert opacity[outside].max() < 0.01
+    # Inside the disc the colour is the albedo; outside, the background.
+    assert torch.allclose(out.rgb[0][inside], torch.tensor([0.8, 0.2, 0.1]), atol=0.01)
+    assert torch.allclose(out.rgb[0][outside], torch.tensor([0.0, 1.0, 0.0]), atol=0.01)
+    # Depth at the centre is the distance to the front of the ball.
+    assert abs(out.depth[0, 31:33, 31:33].mean().item() - 1.0) < 0.02
+
+
+def test_sphere_normals_point_outward() -> None:
+    cameras, out = _render("albedo", with_normals=True)
+    inside = out.opacity[0, ..., 0] > 0.999
+    normals = torch.nn.functional.normalize(out.normals[0][inside], dim=-1)
+    # The surface point along each ray, from depth, gives the true outward normal of the ball.
+    points = cameras.rays_o[0][inside] + cameras.rays_d[0][inside] * out.depth[0][inside]
+    cosine = (normals * torch.nn.functional.normalize(points, dim=-1)).sum(-1)
+    assert cosine.min() > 0.99
+
+
+def test_textureless_shades_white_albedo() -> None:
+    _, lambertian = _render("lambertian")
+    _, textureless = _render("textureless")
+    inside = lambertian.opacity[0, ..., 0] > 0.999
+    # Textureless is the light intensity alone: grey levels, equal in r, g and b (up to the 0.1% of green
+    # background that an opacity of 0.999 lets through).
+    tex = textureless.rgb[0][inside]
+    assert torch.allclose(tex[:, 0], tex[:, 2], atol=1e-5) and torch.allclose(tex[:, 1], tex[:, 2], atol=2e-3)
+    # The light sits at the camera: full diffuse + ambient light facing it, ambient only at grazing angles.
+    assert tex.max() > 0.99 and tex.min() < 0.3
+    # Lambertian is that intensity times the albedo.
+    assert torch.allclose(lambertian.rgb[0][inside], tex * torch.tensor([0.8, 0.2, 0.1]), atol=2e-3)
+
+
+def test_ray_sphere_interval_and_compositing() -> None:
+    origins = torch.tensor([[0.0, 0.0, -3.0], [0.0, 2.0, -3.0], [0.0, 0.0, 0.0]])
+    directions = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    near, far, hit = ray_sphere_interval(origins, directions, 1.0, 0.05)
+    assert hit.tolist() == [True, False, True]
+    assert torch.allclose(near[0], torch.tensor(2.0)) and torch.allclose(far[0], torch.tensor(4.0))
+    assert torch.allclose(near[2], torch.tensor(0.05)) and torch.allclose(far[2], torch.tensor(1.0))
+    t = torch.tensor([[0.0, 1.0, 2.0]])
+    weights = composite(torch.tensor([[0.0, 1e4, 1e4]]), t, torch.tensor([3.0]))
+    assert torch.allclose(weights, torch.tensor([[0.0, 1.0, 0.0]]), atol=1e-4)
+
+
+def test_occupancy_grid_skips_only_empty_space() -> None:
+    field = SphereField(0.5)
+    grid = OccupancyGrid.from_field(field, resolution=32)
+    assert grid.query(torch.tensor([[0.0, 0.0, 0.0], [1.2, 0.0, 0.0]])).tolist() == [True, False]
+    cameras = turntable_cameras(TurntableConfig(frames=1, resolution=32))
+    background = Background(BackgroundConfig())
+    full = render(field, background, cameras, RendererConfig(num_samples=128))
+    skipped = render(field, background, cameras, RendererConfig(num_samples=128), occupancy=grid)
+    assert torch.allclose(full.rgb, skipped.rgb, atol=1e-5)

@@ -1,0 +1,113 @@
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from dreamfusion.cameras import TurntableConfig, turntable_cameras
+from dreamfusion.priors.analytic import AnalyticPrior, AnalyticPriorConfig, disc_image
+from dreamfusion.renderer import render
+from dreamfusion.trainer import Trainer, TrainingError, read_checkpoint
+
+
+def _prior() -> AnalyticPrior:
+    return AnalyticPrior(AnalyticPriorConfig(resolution=16, radius=0.3))
+
+
+def _view_errors(trainer: Trainer, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance of the albedo render of 8 turntable views to the prior's mode."""
+    cameras = turntable_cameras(TurntableConfig(frames=8, elevation=15.0, resolution=16))
+    with torch.no_grad():
+        out = render(trainer.field.eval(), trainer.background.eval(), cameras, trainer.config.renderer)
+    trainer.field.train()
+    trainer.background.train()
+    return ((out.rgb.permute(0, 3, 1, 2) - target) ** 2).mean(dim=(1, 2, 3))
+
+
+def test_sds_with_the_analytic_prior_moves_every_view_towards_the_mode() -> None:
+    config = tiny_config(
+        background={"random_solid_probability": 0.0},
+        trainer={"iters": 300, "lambda_opacity": {"start": 0.0}},
+        guidance={"guidance_scale": 1.0},
+    )
+    prior = _prior()
+    trainer = Trainer(config, prior, torch.device("cpu"))
+    target = disc_image(prior.config)
+    before = _view_errors(trainer, target)
+    trainer.fit()
+    after = _view_errors(trainer, target)
+    assert (after < 0.5 * before).all(), (before, after)
+
+
+def test_forty_steps_equal_twenty_then_resume_twenty(tmp_path: Path) -> None:
+    config = tiny_config(trainer={"iters": 40, "checkpoint_every": 20})
+    straight = Trainer(config, _prior(), torch.device("cpu"))
+    straight.fit()
+
+    first = Trainer(config, _prior(), torch.device("cpu"))
+    first.fit(tmp_path, stop_at=20)
+    del first  # the process "dies" here; only the checkpoint survives
+    resumed = Trainer(config, _prior(), torch.device("cpu"))
+    resumed.load_checkpoint(tmp_path / "checkpoint.pt")
+    assert resumed.step == 20
+    resumed.fit(tmp_path)
+
+    for (name, a), (_, b) in zip(straight.field.state_dict().items(), resumed.field.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    for a, b in zip(straight.background.parameters(), resumed.background.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+class FlakyPrior(AnalyticPrior):
+    """Returns NaN noise predictions on chosen calls, as an fp16 overflow would."""
+
+    def __init__(self, bad_calls: set[int]) -> None:
+        super().__init__(AnalyticPriorConfig(resolution=16))
+        self.bad_calls = bad_calls
+        self.calls = 0
+
+    def predict_noise(self, noisy, timesteps, embeddings):
+        eps = super().predict_noise(noisy, timesteps, embeddings)
+        self.calls += 1
+        return eps * float("nan") if self.calls - 1 in self.bad_calls else eps
+
+
+def test_a_non_finite_step_is_skipped() -> None:
+    config = tiny_config(trainer={"iters": 6})
+    trainer = Trainer(config, FlakyPrior({3}), torch.device("cpu"))
+    trainer.fit(stop_at=3)
+    before = [p.detach().clone() for p in trainer.field.parameters()]
+    metrics = trainer.train_step()
+    assert metrics.skipped
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.field.parameters(), strict=True))
+    result = trainer.fit()
+    assert result.steps == 6 and result.skipped_steps == 1
+    assert all(torch.isfinite(p).all() for p in trainer.field.parameters())
+
+
+def test_too_many_non_finite_steps_stop_the_run_and_keep_the_checkpoint(tmp_path: Path) -> None:
+    config = tiny_config(trainer={"iters": 20, "checkpoint_every": 2, "max_consecutive_nonfinite": 3})
+    trainer = Trainer(config, FlakyPrior(set(range(4, 100))), torch.device("cpu"))
+    with pytest.raises(TrainingError, match="3 steps in a row"):
+        trainer.fit(tmp_path)
+    state = read_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["step"] == 6  # the last checkpoint was written after steps 4 and 5, both skipped
+    assert all(torch.isfinite(t).all() for t in state["field"].values())
+
+
+def test_checkpoint_of_another_config_is_refused(tmp_path: Path) -> None:
+    trainer = Trainer(tiny_config(), _prior(), torch.device("cpu"))
+    trainer.save_checkpoint(tmp_path / "checkpoint.pt")
+    other = Trainer(tiny_config(seed=7), _prior(), torch.device("cpu"))
+    with pytest.raises(TrainingError, match="another config"):
+        other.load_checkpoint(tmp_path / "checkpoint.pt")
+    longer = Trainer(replace(tiny_config(), trainer=replace(tiny_config().trainer, iters=99)), _prior(), torch.device("cpu"))
+    longer.load_checkpoint(tmp_path / "checkpoint.pt")  # only the iteration count may differ
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(TrainingError, match="not a readable checkpoint"):
+        read_checkpoint(path)
