@@ -47,8 +47,8 @@ def validate_prompt(prompt: str) -> str:
     return cleaned
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Create or check the run directory without touching earlier results unless asked to."""
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse a run directory that would lose earlier results (nothing is created or changed here)."""
     if resume and overwrite:
         raise RunError("--resume and --overwrite contradict each other; choose one")
     if run_dir.exists() and not run_dir.is_dir():
@@ -59,6 +59,12 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
             raise RunError(f"nothing to resume: {run_dir / 'checkpoint.pt'} does not exist")
     elif has_files and not overwrite:
         raise RunError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
+    blocker = next((parent for parent in (run_dir, *run_dir.parents) if parent.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise RunError(f"cannot write to {run_dir}: {blocker} is a file; choose another --out")
+
+
+def create_run_dir(run_dir: Path) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -127,13 +133,14 @@ def generate(
     PriorError / ConfigError with a message for the user; earlier results are left intact on any of them.
     With ``resume``, the run's saved config is used (``config`` only supplies the prompt to check) and
     ``resume_iters`` may extend it."""
-    prepare_run_dir(run_dir, resume, overwrite)
+    check_run_dir(run_dir, resume, overwrite)
     if resume:
         config = resume_config(run_dir, config.prompt, resume_iters)
     device = resolve_device(config.device)
     # Everything that can fail on bad input happens before the first file is written or removed.
     prior = build_prior(config.prior, device)
     trainer = Trainer(config, prior, device)
+    create_run_dir(run_dir)
     if resume:
         trainer.load_checkpoint(run_dir / "checkpoint.pt")
         if trainer.step >= config.trainer.iters:

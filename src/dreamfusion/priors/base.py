@@ -44,6 +44,16 @@ def view_prompts(prompt: str) -> dict[ViewLabel, str]:
     return {label: prompt + view_suffix(label) for label in VIEW_LABELS}
 
 
+def split_view(prompt: str) -> tuple[str, ViewLabel | None]:
+    """Separate a trailing view suffix: "a red chair, front view" -> ("a red chair", "front")."""
+    text = prompt.strip().rstrip(".!")
+    for label in VIEW_LABELS:
+        for ending in (view_suffix(label), f" {label} view"):
+            if text.lower().endswith(ending):
+                return text[: -len(ending)].rstrip(" ,"), label
+    return text, None
+
+
 @runtime_checkable
 class DiffusionPrior(Protocol):
     """A frozen text-to-image diffusion model seen through the few operations SDS needs.
