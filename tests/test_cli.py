@@ -135,3 +135,35 @@ def test_help_explains_every_option() -> None:
     assert result.exit_code == 0
     for option in ("--prior", "--model", "--iters", "--seed", "--out", "--device", "--config", "--preset", "--resume", "--overwrite"):
         assert option in result.output
+
+
+def test_out_of_vocabulary_prompt_with_the_embedded_prior(tmp_path: Path) -> None:
+    result = _run("generate", "a purple spaceship", "--out", str(tmp_path / "run"), "--device", "cpu")
+    _assert_user_error(result, "does not know the word 'spaceship'", "chair", "red", "--prior sd")
+    assert not (tmp_path / "run").exists()
+
+
+def test_eval_3d_reports_json_for_a_run(tmp_path: Path, tiny_yaml: Path) -> None:
+    import json
+
+    out = tmp_path / "run"
+    common = ("--prior", "analytic", "--config", str(tiny_yaml), "--out", str(out), "--device", "cpu")
+    assert _run("generate", "a red ball", "--iters", "2", *common).exit_code == 0
+    result = _run("eval-3d", str(out), "--json", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output)
+    assert record["kind"] == "sphere" and record["colour"] == "red"
+    assert len(record["views"]) == 32
+    assert 0.0 <= record["occupancy_iou"] <= 1.0
+    _assert_user_error(_run("eval-3d", str(tmp_path)), "is not a dreamfusion run")
+
+
+def test_sample_prior_writes_a_grid(tmp_path: Path) -> None:
+    from PIL import Image
+
+    out = tmp_path / "grid.png"
+    result = _run("sample-prior", "a red chair, side view", "-n", "2", "--steps", "2", "--out", str(out), "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).size == (128, 64)
+    _assert_user_error(_run("sample-prior", "a red chair", "-n", "0", "--out", str(out)), "-n and --steps must be positive")
+    _assert_user_error(_run("sample-prior", "a red chair", "--out", str(tmp_path / "grid.jpg")), "must name a .png file")

@@ -27,7 +27,7 @@ def _view_errors(trainer: Trainer, target: torch.Tensor) -> torch.Tensor:
 
 def test_sds_with_the_analytic_prior_moves_every_view_towards_the_mode() -> None:
     config = tiny_config(
-        background={"random_solid_probability": 0.0},
+        background={"kind": "mlp", "random_solid_probability": 0.0},
         trainer={"iters": 300, "lambda_opacity": {"start": 0.0}},
         guidance={"guidance_scale": 1.0},
     )

@@ -84,8 +84,10 @@ BackgroundKind = Literal["mlp", "random_solid"]
 class BackgroundConfig:
     """What lies behind the object: a learned environment map, or a random solid colour."""
 
-    kind: BackgroundKind = "mlp"
-    """"mlp": a small MLP of the encoded ray direction (paper); "random_solid": a random colour per view."""
+    kind: BackgroundKind = "random_solid"
+    """"random_solid": a random colour per view (default), which the background cannot use to explain the
+    prompt: with a learned background a "blue mug" can come out as an empty scene on a blue backdrop.
+    "mlp": a small MLP of the encoded ray direction, the paper's environment map."""
     random_solid_probability: float = 0.5
     """With kind "mlp", probability during training of swapping in a random solid colour, which keeps the
     background from explaining the prompt on its own."""

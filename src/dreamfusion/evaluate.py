@@ -1,0 +1,323 @@
+"""Quality metrics of a trained NeRF for a prompt of the embedded vocabulary ("a red chair").
+
+Two questions, answered against the procedural ground truth the embedded prior was trained on:
+
+* What does it look like? The scene is rendered from a fixed ring of cameras and the probe classifier
+  (embedded/probe.py) names the object, colour and view it sees. The Janus rate counts back views that look
+  like front views (the multi-faced failure of SDS).
+* Is it the right shape? The field's density on a 64^3 grid over [-1, 1]^3, thresholded, against the
+  procedural object's occupancy grid (IoU).
+
+Cameras: 16 azimuths (11.25 + 22.5 k degrees, so no camera sits on a front/side/back boundary and each ring
+holds 4 front, 8 side and 4 back views) at elevations 15 and 45 degrees (both below the 60 degrees where
+"overhead" starts), distance 1.25, focal 1.0 x 64 px: the turntable's framing, inside the training cameras'
+ranges. Each view is rendered twice over white, in albedo (the colour as learned) and lambertian with the light
+at the camera (the shape's relief), and the probe's probabilities of the two are averaged.
+
+Janus rate: (views whose true label is "back" and that the probe labels "front") / (views whose true label is
+"back"). It and view accuracy are only meaningful for kinds whose back differs from their front
+(``view_identifiable``; see probe.VIEW_SYMMETRIC_KINDS): for a sphere they measure nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from dreamfusion.cameras import VIEW_LABELS, CameraBatch, ViewLabel, cameras_from_angles
+from dreamfusion.embedded import vocabulary as vocab
+from dreamfusion.embedded.probe import VIEW_SYMMETRIC_KINDS, Probe, ProbePrediction, load_probe
+from dreamfusion.export.video import Scene
+from dreamfusion.field import NeRFField
+from dreamfusion.procedural.dataset import COLOUR_NAMES
+from dreamfusion.procedural.objects import OBJECT_KINDS, grid_points, occupancy_grid
+from dreamfusion.renderer import render
+from dreamfusion.shading import Background, BackgroundConfig, ShadingMode
+
+
+def parse_subject(prompt: str) -> tuple[str, str | None]:
+    """(object kind, colour or None) of a prompt in the embedded vocabulary; PriorError otherwise.
+
+    Aliases and view words are understood as the embedded prior reads them: "a gray ball, side view" ->
+    ("sphere", "grey").
+    """
+    slots = vocab.tokenize(prompt)  # raises PriorError on unknown words, no object or two of a kind
+    kind = vocab.TOKENS[slots[vocab.SLOT_OBJECT]]
+    colour = slots[vocab.SLOT_COLOUR]
+    return kind, None if colour == vocab.PAD_ID else vocab.TOKENS[colour]
+
+
+# ----- scores ----------------------------------------------------------------------------------------
+
+
+def janus_rate(
+    true_views: Sequence[ViewLabel], predicted_views: Sequence[ViewLabel], true_label: ViewLabel = "back"
+) -> float | None:
+    """Fraction of views truly labelled ``true_label`` that are seen as "front"; None if there are none."""
+    seen = [p for t, p in zip(true_views, predicted_views, strict=True) if t == true_label]
+    return sum(p == "front" for p in seen) / len(seen) if seen else None
+
+
+@dataclass(frozen=True)
+class ProbeEvaluation:
+    """Aggregate probe scores over a set of images with known object, colour and view."""
+
+    count: int
+    object_accuracy: float
+    colour_accuracy: float | None
+    """None when the prompt names no colour."""
+    object_colour_accuracy: float | None
+    """Both right in the same image."""
+    view_accuracy: float
+    janus_rate: float | None
+    """True "back" views seen as "front" / true "back" views (None without back views)."""
+    side_as_front_rate: float | None
+    """The same for true "side" views."""
+
+    @classmethod
+    def score(
+        cls,
+        true_object: Int[Tensor, " N"],
+        true_colour: Int[Tensor, " N"] | None,
+        true_view: Int[Tensor, " N"],
+        prediction: ProbePrediction,
+    ) -> ProbeEvaluation:
+        """Scores of ``prediction`` against the truth (indices into OBJECT_KINDS, COLOUR_NAMES, VIEW_LABELS)."""
+        device = prediction.object_ids.device
+        hit_object = prediction.object_ids == true_object.to(device)
+        hit_colour = None if true_colour is None else prediction.colour_ids == true_colour.to(device)
+        true_labels = [VIEW_LABELS[i] for i in true_view.tolist()]
+        predicted = [VIEW_LABELS[i] for i in prediction.view_ids.tolist()]
+        return cls(
+            count=len(prediction),
+            object_accuracy=hit_object.float().mean().item(),
+            colour_accuracy=None if hit_colour is None else hit_colour.float().mean().item(),
+            object_colour_accuracy=None if hit_colour is None else (hit_object & hit_colour).float().mean().item(),
+            view_accuracy=(prediction.view_ids == true_view.to(device)).float().mean().item(),
+            janus_rate=janus_rate(true_labels, predicted, "back"),
+            side_as_front_rate=janus_rate(true_labels, predicted, "side"),
+        )
+
+
+# ----- occupancy -------------------------------------------------------------------------------------
+
+
+def default_density_threshold(resolution: int = 64, bound: float = 1.0) -> float:
+    """ln 2 / voxel side: the density at which light crossing one grid voxel is half absorbed
+    (1 - exp(-sigma * voxel) = 1/2). About 21.8 for 64^3 over [-1, 1]^3; it does not depend on the renderer's
+    sample count, and a NeRF surface (densities in the hundreds) clears it while the thin haze does not."""
+    return math.log(2.0) / (2.0 * bound / (resolution - 1))
+
+
+@torch.no_grad()
+def field_occupancy(
+    field: NeRFField, resolution: int = 64, bound: float = 1.0, threshold: float | None = None, chunk: int = 1 << 18
+) -> Bool[Tensor, "R R R"]:
+    """density > threshold on the same grid and axis order as ``procedural.occupancy_grid`` ([x, y, z],
+    ends included), on the CPU."""
+    threshold = default_density_threshold(resolution, bound) if threshold is None else threshold
+    device = next(field.parameters()).device
+    points = grid_points(resolution, bound, device).reshape(-1, 3)
+    density = torch.cat([field.density(part) for part in points.split(chunk)])
+    return (density > threshold).reshape(resolution, resolution, resolution).cpu()
+
+
+def occupancy_iou(a: Bool[Tensor, "R R R"], b: Bool[Tensor, "R R R"]) -> float:
+    """|a and b| / |a or b|; 1 when both are empty (they agree)."""
+    union = (a | b).sum().item()
+    return 1.0 if union == 0 else (a & b).sum().item() / union
+
+
+# ----- the 3D evaluation -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Eval3DConfig:
+    """Cameras, shading and grid of ``evaluate_3d`` (see the module docstring for why)."""
+
+    elevations: tuple[float, ...] = (15.0, 45.0)
+    azimuths: int = 16
+    start_azimuth: float = 11.25
+    distance: float = 1.25
+    focal_multiplier: float = 1.0
+    resolution: int = 64
+    shading: tuple[ShadingMode, ...] = ("albedo", "lambertian")
+    """Each view is rendered in these modes; the probe's probabilities are averaged over them."""
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    grid_resolution: int = 64
+    grid_bound: float = 1.0
+    density_threshold: float | None = None
+    """None: ``default_density_threshold(grid_resolution, grid_bound)``."""
+    chunk: int = 8
+    """Cameras per render call."""
+
+    def __post_init__(self) -> None:
+        if not self.elevations or self.azimuths < 1 or not self.shading:
+            raise ValueError("evaluation needs at least one elevation, azimuth and shading mode")
+        if self.distance <= 0 or self.focal_multiplier <= 0 or self.resolution < 8 or self.grid_resolution < 2:
+            raise ValueError("evaluation distance and focal must be positive, resolution >= 8, grid >= 2")
+
+
+@dataclass(frozen=True)
+class ViewRecord:
+    """What the probe saw from one camera."""
+
+    elevation: float
+    azimuth: float
+    true_view: ViewLabel
+    predicted_object: str
+    predicted_colour: str
+    predicted_view: ViewLabel
+    object_probability: float
+    """The probe's probability of the true object."""
+    object_correct: bool
+    colour_correct: bool | None
+    """None when the prompt names no colour."""
+    view_correct: bool
+
+
+@dataclass(frozen=True)
+class Eval3DResult:
+    prompt: str
+    kind: str
+    colour: str | None
+    view_identifiable: bool
+    """False for kinds whose back looks like their front: ignore view accuracy and the Janus rate then."""
+    probe: ProbeEvaluation
+    occupancy_iou: float
+    density_threshold: float
+    occupied_voxels: int
+    """Voxels of the field above the threshold (0 means the field is empty: the IoU is 0)."""
+    true_voxels: int
+    views: tuple[ViewRecord, ...]
+    config: Eval3DConfig
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    def summary(self) -> str:
+        """A few human-readable lines."""
+
+        def pct(x: float | None) -> str:
+            return "n/a" if x is None else f"{100 * x:.0f}%"
+
+        p = self.probe
+        lines = [
+            f"{self.prompt!r}: {self.kind}, colour {self.colour or 'unspecified'}, {p.count} views",
+            f"  object {pct(p.object_accuracy)}  colour {pct(p.colour_accuracy)}  both {pct(p.object_colour_accuracy)}",
+            f"  view {pct(p.view_accuracy)}  Janus (back seen as front) {pct(p.janus_rate)}"
+            + ("" if self.view_identifiable else f"  [views of a {self.kind} cannot be told apart: ignore these]"),
+            f"  occupancy IoU {self.occupancy_iou:.3f} ({self.occupied_voxels} voxels vs {self.true_voxels} true,"
+            f" density > {self.density_threshold:.1f})",
+        ]
+        return "\n".join(lines)
+
+
+def evaluation_cameras(config: Eval3DConfig) -> CameraBatch:
+    """The ring of cameras: every azimuth at each elevation, the light at the camera."""
+    azimuth = config.start_azimuth + torch.arange(config.azimuths, dtype=torch.float32) * (360.0 / config.azimuths)
+    elevation = torch.tensor(config.elevations, dtype=torch.float32).repeat_interleave(config.azimuths)
+    azimuth = azimuth.repeat(len(config.elevations))
+    n = elevation.shape[0]
+    return cameras_from_angles(
+        elevation, azimuth, torch.full((n,), config.distance), torch.full((n,), config.focal_multiplier),
+        config.resolution,
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def render_scene_views(
+    scene: Scene, cameras: CameraBatch, mode: ShadingMode, config: Eval3DConfig
+) -> Float[Tensor, "B 3 H W"]:
+    """The scene from ``cameras`` over the evaluation background, rgb in [0, 1]."""
+    device = next(scene.field.parameters()).device
+    background = Background(BackgroundConfig(kind="random_solid", eval_colour=config.background)).to(device)
+    images = []
+    for start in range(0, cameras.batch_size, config.chunk):
+        part = _slice(cameras, start, start + config.chunk).to(device)
+        out = render(scene.field, background, part, scene.renderer, shading=mode, ambient=scene.shading.ambient,
+                     diffuse=scene.shading.diffuse, occupancy=scene.grid())
+        images.append(out.rgb.clamp(0, 1).permute(0, 3, 1, 2))
+    return torch.cat(images)
+
+
+def _slice(cameras: CameraBatch, start: int, stop: int) -> CameraBatch:
+    return CameraBatch(
+        **{k: getattr(cameras, k)[start:stop] for k in CameraBatch.__dataclass_fields__}  # type: ignore[arg-type]
+    )
+
+
+def evaluate_3d(
+    scene: Scene,
+    prompt: str,
+    probe: Probe,
+    device: torch.device | str | None = None,
+    config: Eval3DConfig = Eval3DConfig(),
+) -> Eval3DResult:
+    """Probe accuracies, Janus rate and occupancy IoU of a trained scene for ``prompt`` (embedded vocabulary).
+
+    ``device``: where the field renders (None: where it already is); the probe stays on its own device.
+    """
+    kind, colour = parse_subject(prompt)
+    if device is not None:
+        scene.field.to(device)
+        if scene.occupancy is not None and scene.occupancy.occupied.device != torch.device(device):
+            scene.occupancy = None
+    cameras = evaluation_cameras(config)
+    looks = [probe.classify(render_scene_views(scene, cameras, mode, config)) for mode in config.shading]
+    prediction = ProbePrediction.mean(looks)
+    n = cameras.batch_size
+    true_object = torch.full((n,), OBJECT_KINDS.index(kind))
+    true_colour = None if colour is None else torch.full((n,), COLOUR_NAMES.index(colour))
+    true_view = torch.tensor([VIEW_LABELS.index(v) for v in cameras.view_labels])
+    scores = ProbeEvaluation.score(true_object, true_colour, true_view, prediction)
+
+    records = []
+    object_probs = prediction.object_probs[:, OBJECT_KINDS.index(kind)].tolist()
+    for i, (o, c, v) in enumerate(zip(*(x.tolist() for x in (prediction.object_ids, prediction.colour_ids,
+                                                              prediction.view_ids)), strict=True)):
+        records.append(ViewRecord(
+            elevation=float(cameras.elevation[i]), azimuth=float(cameras.azimuth[i]), true_view=cameras.view_labels[i],
+            predicted_object=OBJECT_KINDS[o], predicted_colour=COLOUR_NAMES[c], predicted_view=VIEW_LABELS[v],
+            object_probability=object_probs[i], object_correct=OBJECT_KINDS[o] == kind,
+            colour_correct=None if colour is None else COLOUR_NAMES[c] == colour,
+            view_correct=VIEW_LABELS[v] == cameras.view_labels[i],
+        ))  # fmt: skip
+
+    threshold = (
+        default_density_threshold(config.grid_resolution, config.grid_bound)
+        if config.density_threshold is None else config.density_threshold
+    )  # fmt: skip
+    occupied = field_occupancy(scene.field, config.grid_resolution, config.grid_bound, threshold)
+    truth = occupancy_grid(kind, config.grid_resolution, config.grid_bound)
+    return Eval3DResult(
+        prompt=prompt, kind=kind, colour=colour, view_identifiable=kind not in VIEW_SYMMETRIC_KINDS, probe=scores,
+        occupancy_iou=occupancy_iou(occupied, truth), density_threshold=threshold,
+        occupied_voxels=int(occupied.sum()), true_voxels=int(truth.sum()), views=tuple(records), config=config,
+    )  # fmt: skip
+
+
+def evaluate_run(
+    run_dir: str | Path, device_name: str = "auto", probe_path: str | Path | None = None,
+    config: Eval3DConfig = Eval3DConfig(),
+) -> Eval3DResult:
+    """``evaluate_3d`` of a run directory's trained field for its own prompt (the shipped probe by default)."""
+    from dreamfusion.run import load_scene  # the run module pulls in the trainer; only needed here
+
+    run_config, scene = load_scene(Path(run_dir), device_name)
+    probe = load_probe(probe_path, next(scene.field.parameters()).device)
+    return evaluate_3d(scene, run_config.prompt, probe, config=config)
+
+
+__all__ = [
+    "Eval3DConfig", "Eval3DResult", "ProbeEvaluation", "ViewRecord", "default_density_threshold",
+    "evaluate_3d", "evaluate_run", "evaluation_cameras", "field_occupancy", "janus_rate", "occupancy_iou",
+    "parse_subject", "render_scene_views",
+]  # fmt: skip

@@ -1,0 +1,134 @@
+"""Quality metrics: prompt parsing, occupancy IoU and its threshold, the Janus rate, and evaluate_3d end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from dreamfusion.embedded.probe import Probe, ProbeModelConfig, ProbeNet, ProbePrediction
+from dreamfusion.evaluate import (
+    Eval3DConfig,
+    ProbeEvaluation,
+    default_density_threshold,
+    evaluate_3d,
+    evaluation_cameras,
+    field_occupancy,
+    janus_rate,
+    occupancy_iou,
+    parse_subject,
+)
+from dreamfusion.export.video import Scene
+from dreamfusion.field import FieldConfig, FieldOutput
+from dreamfusion.priors.base import PriorError
+from dreamfusion.procedural.objects import occupancy_grid
+from dreamfusion.renderer import RendererConfig
+from dreamfusion.shading import Background, BackgroundConfig, ShadingConfig
+
+
+class BallField(nn.Module):
+    """A ball of constant density and albedo (the stub field of tests/test_renderer.py, movable)."""
+
+    def __init__(self, radius: float, centre=(0.0, 0.0, 0.0), density: float = 200.0, albedo=(0.85, 0.12, 0.1)):
+        super().__init__()
+        self.config = FieldConfig()
+        self.radius, self.value = radius, density
+        self.centre, self.albedo = torch.tensor(centre), torch.tensor(albedo)
+        self.anchor = nn.Parameter(torch.zeros(1))
+
+    def density(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where((x - self.centre).norm(dim=-1) < self.radius, self.value, 0.0) + 0 * self.anchor
+
+    def forward(self, x: torch.Tensor, with_normals: bool = False) -> FieldOutput:
+        normals = torch.nn.functional.normalize(x - self.centre, dim=-1) if with_normals else None
+        return FieldOutput(self.density(x), self.albedo.expand(x.shape[0], 3), normals)
+
+
+def test_parse_subject() -> None:
+    assert parse_subject("a red chair") == ("chair", "red")
+    assert parse_subject("A Gray Ball, side view") == ("sphere", "grey")
+    assert parse_subject("the mug") == ("mug", None)
+    for bad in ("a red dog", "red", "a red chair and a table", ""):
+        with pytest.raises(PriorError):
+            parse_subject(bad)
+
+
+def test_iou_of_the_true_shape_with_itself_is_one() -> None:
+    grid = occupancy_grid("chair", 32)
+    assert occupancy_iou(grid, grid) == 1.0
+    assert occupancy_iou(grid, ~grid) == 0.0
+    empty = torch.zeros(4, 4, 4, dtype=torch.bool)
+    assert occupancy_iou(empty, empty) == 1.0
+
+
+def test_iou_of_shifted_balls_matches_the_lens_volume() -> None:
+    r, d = 0.5, 0.25
+    a = field_occupancy(BallField(r))
+    b = field_occupancy(BallField(r, centre=(d, 0.0, 0.0)))
+    lens = math.pi * (4 * r + d) * (2 * r - d) ** 2 / 12  # intersection of two balls of radius r, d apart
+    ball = 4 / 3 * math.pi * r**3
+    assert occupancy_iou(a, b) == pytest.approx(lens / (2 * ball - lens), abs=0.02)
+    # The grid's axis order is [x, y, z], as occupancy_grid's: the shifted ball's mass moves along axis 0.
+    centre = b.nonzero().float().mean(0) * (2 / 63) - 1
+    assert centre[0].item() == pytest.approx(d, abs=0.02) and centre[1:].abs().max() < 0.02
+
+
+def test_density_threshold_is_half_absorption_over_a_voxel() -> None:
+    assert 1 - math.exp(-default_density_threshold(64, 1.0) * 2.0 / 63) == pytest.approx(0.5)
+    threshold = default_density_threshold(16, 1.0)  # field_occupancy's default for a 16^3 grid
+    assert field_occupancy(BallField(0.3, density=1.01 * threshold), 16).any()
+    assert not field_occupancy(BallField(0.3, density=0.99 * threshold), 16).any()
+
+
+def test_janus_rate_counts_back_views_seen_as_front() -> None:
+    true = ["back", "back", "back", "back", "front", "side", "side"]
+    seen = ["front", "back", "front", "side", "front", "front", "side"]
+    assert janus_rate(true, seen) == 0.5
+    assert janus_rate(true, seen, "side") == 0.5
+    assert janus_rate(["front"], ["front"]) is None
+
+
+def _prediction(objects: list[int], colours: list[int], views: list[int]) -> ProbePrediction:
+    one_hot = lambda ids, n: torch.nn.functional.one_hot(torch.tensor(ids), n).float()  # noqa: E731
+    return ProbePrediction.from_probs(one_hot(objects, 13), one_hot(colours, 10), one_hot(views, 4))
+
+
+def test_probe_evaluation_scores() -> None:
+    # Truth: object 0, colour 0; views front, back, back, side. Prediction: object right 3/4, colour right 2/4.
+    prediction = _prediction([0, 0, 0, 1], [0, 1, 0, 1], [0, 0, 2, 0])
+    truth = torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long), torch.tensor([0, 2, 2, 1])
+    scores = ProbeEvaluation.score(*truth, prediction)
+    assert (scores.count, scores.object_accuracy, scores.colour_accuracy) == (4, 0.75, 0.5)
+    assert scores.object_colour_accuracy == 0.5 and scores.view_accuracy == 0.5
+    assert scores.janus_rate == 0.5 and scores.side_as_front_rate == 1.0
+    no_colour = ProbeEvaluation.score(truth[0], None, truth[2], prediction)
+    assert no_colour.colour_accuracy is None and no_colour.object_colour_accuracy is None
+
+
+def test_evaluation_cameras_avoid_label_boundaries() -> None:
+    cameras = evaluation_cameras(Eval3DConfig())
+    assert cameras.batch_size == 32
+    for elevation in (15.0, 45.0):
+        labels = [v for v, e in zip(cameras.view_labels, cameras.elevation.tolist(), strict=True) if e == elevation]
+        assert (labels.count("front"), labels.count("side"), labels.count("back")) == (4, 8, 4)
+
+
+def test_evaluate_3d_on_a_ball() -> None:
+    torch.manual_seed(0)
+    probe = Probe(ProbeNet(ProbeModelConfig(widths=(8, 16), head_hidden=16)))  # untrained: only the plumbing
+    scene = Scene(BallField(0.38), Background(BackgroundConfig()), RendererConfig(num_samples=24), ShadingConfig())
+    config = Eval3DConfig(elevations=(15.0,), azimuths=4, resolution=32, grid_resolution=32)
+    result = evaluate_3d(scene, "a red ball", probe, "cpu", config)
+    assert (result.kind, result.colour, result.view_identifiable) == ("sphere", "red", False)
+    assert len(result.views) == result.probe.count == 4
+    assert [v.true_view for v in result.views] == ["front", "side", "back", "side"]
+    scores = result.probe
+    assert all(0.0 <= x <= 1.0 for x in (scores.object_accuracy, scores.colour_accuracy, scores.view_accuracy))
+    assert result.probe.janus_rate in (0.0, 1.0)
+    assert result.occupancy_iou > 0.9  # the procedural sphere has radius 0.38 too
+    assert result.true_voxels > 0 and result.occupied_voxels > 0
+    decoded = json.loads(result.to_json())
+    assert decoded["kind"] == "sphere" and len(decoded["views"]) == 4 and "occupancy IoU" in result.summary()
