@@ -167,3 +167,38 @@ def test_sample_prior_writes_a_grid(tmp_path: Path) -> None:
     assert Image.open(out).size == (128, 64)
     _assert_user_error(_run("sample-prior", "a red chair", "-n", "0", "--out", str(out)), "-n and --steps must be positive")
     _assert_user_error(_run("sample-prior", "a red chair", "--out", str(tmp_path / "grid.jpg")), "must name a .png file")
+
+
+def test_gpus_relaunches_generate_under_torchrun(tmp_path: Path, tiny_yaml: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "dreamfusion", "generate", "a ball", "--prior", "analytic", "--config", str(tiny_yaml),
+               "--iters", "2", "--out", str(out), "--device", "cpu", "--gpus", "2"]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert "2 ranks (data parallel)" in (out / "run.log").read_text()
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 2
+    _assert_user_error(_run("generate", "a ball", "--gpus", "0", "--out", str(tmp_path / "r")), "--gpus must be a positive")
+
+
+def test_batch_runs_every_prompt_and_reports_failures(tmp_path: Path, tiny_yaml: Path) -> None:
+    import json
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# two prompts\na ball\n\na ball, side view\n")
+    result = _run("batch", str(prompts), "--out", str(tmp_path / "out"), "--prior", "analytic", "--config", str(tiny_yaml),
+                  "--iters", "2", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [r["ok"] for r in summary["results"]] == [True, True]
+    # Run again without --overwrite: each prompt fails on its existing run, and the batch says so.
+    result = _run("batch", str(prompts), "--out", str(tmp_path / "out"), "--prior", "analytic", "--config", str(tiny_yaml),
+                  "--iters", "2", "--device", "cpu")
+    assert result.exit_code == 1
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert all("already holds a run" in r["error"] for r in summary["results"])
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n# nothing\n")
+    _assert_user_error(_run("batch", str(empty), "--out", str(tmp_path / "o2")), "no prompts")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +46,8 @@ def user_errors(command: F) -> F:
 
 
 def _progress() -> Progress:
+    from dreamfusion.distributed import is_main_process
+
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -54,6 +57,7 @@ def _progress() -> Progress:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
+        disable=not is_main_process(),  # under torchrun, one progress bar: the main rank's
     )
 
 
@@ -74,11 +78,18 @@ def generate(
     guidance_scale: Annotated[float | None, typer.Option(help="Classifier-free guidance scale (default: the prior's).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in --out.")] = False,
+    gpus: Annotated[
+        int | None, typer.Option(help="Data-parallel SDS on N GPUs: relaunches this command under torchrun.")
+    ] = None,
 ) -> None:
-    """Optimize a 3D object (a NeRF) for PROMPT and write a checkpoint, metrics, a turntable video and a preview."""
+    """Optimize a 3D object (a NeRF) for PROMPT and write a checkpoint, metrics, a turntable video and a preview.
+
+    Each GPU renders its own views (the paper's effective batch of 4 is --gpus 4); gradients are averaged.
+    The same works with `torchrun --nproc_per_node N -m dreamfusion generate ...`.
+    """
     from dreamfusion.config import build_config
     from dreamfusion.run import generate as run_generate
-    from dreamfusion.run import prompt_slug, validate_prompt
+    from dreamfusion.run import check_run_dir, prompt_slug, validate_prompt
     from dreamfusion.typed_config import ConfigError
 
     prompt = validate_prompt(prompt)
@@ -95,6 +106,8 @@ def generate(
         overrides["guidance"] = {"guidance_scale": guidance_scale}
     run_config = build_config(preset, config, overrides)
     run_dir = out if out is not None else Path("outputs") / prompt_slug(prompt)
+    if _relaunch_under_torchrun(gpus, lambda: check_run_dir(run_dir, resume, overwrite)):
+        return
 
     with _progress() as progress:
         task = progress.add_task("optimizing", total=run_config.trainer.iters, speed=0.0, loss=float("nan"))
@@ -108,11 +121,68 @@ def generate(
         result = run_generate(
             run_config, run_dir, resume=resume, overwrite=overwrite, resume_iters=iters, on_step=on_step, on_start=on_start
         )
+    from dreamfusion.distributed import is_main_process
+
+    if not is_main_process():
+        return
     skipped = f", {result.train.skipped_steps} non-finite steps skipped" if result.train.skipped_steps else ""
     console.print(f"done: {result.train.steps} steps on {result.device}{skipped}")
     console.print(f"results in {run_dir}/: turntable.gif, {'turntable.mp4, ' if result.outputs.mp4 else ''}preview.png, checkpoint.pt")
     if result.outputs.mp4_error:
         console.print(f"[yellow]note:[/] {result.outputs.mp4_error}")
+
+
+def _relaunch_under_torchrun(gpus: int | None, check: Callable[[], None]) -> bool:
+    """With --gpus N > 1 outside torchrun: run ``check`` (so bad input fails here, in one line), then re-run
+    this command under torchrun with N processes and exit with its code. False: carry on in this process."""
+    from dreamfusion.distributed import launch_torchrun
+    from dreamfusion.typed_config import ConfigError
+
+    if gpus is None:
+        return False
+    if gpus <= 0:
+        raise ConfigError(f"--gpus must be a positive number of processes, got {gpus}")
+    if gpus == 1 or "LOCAL_RANK" in os.environ:
+        return False
+    check()
+    raise typer.Exit(code=launch_torchrun(sys.argv[1:], gpus))
+
+
+@app.command()
+@user_errors
+def batch(
+    prompts: Annotated[Path, typer.Argument(help="Text file: one prompt per line; blank lines and # comments skipped.")],
+    out: Annotated[Path, typer.Option(help="Folder for one run directory per prompt and summary.json.")],
+    prior: Annotated[str, typer.Option(help=f"2D diffusion prior: {', '.join(PRIOR_NAMES)}.")] = "embedded",
+    model: Annotated[str | None, typer.Option(help="Prior weights (see generate --model).")] = None,
+    iters: Annotated[int | None, typer.Option(help="Optimization steps (default: the preset's).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed, the same for every prompt.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    config: Annotated[Path | None, typer.Option(help="YAML file of config overrides.")] = None,
+    preset: Annotated[str, typer.Option(help="preview, default or quality.")] = "default",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace runs that already exist.")] = False,
+    gpus: Annotated[int | None, typer.Option(help="Share the prompts among N GPUs (relaunches under torchrun).")] = None,
+) -> None:
+    """Make many objects: prompts are shared among the ranks of torchrun (GPUs, and nodes through its
+    rendezvous); a prompt that fails never stops the others, and summary.json says which failed and why."""
+    from dreamfusion.batch import read_prompts, run_batch_from_env
+    from dreamfusion.config import build_config
+    from dreamfusion.distributed import is_main_process
+    from dreamfusion.typed_config import ConfigError
+
+    if prior not in PRIOR_NAMES:
+        raise PriorError(f"unknown prior {prior!r}; choose one of: {', '.join(PRIOR_NAMES)}")
+    if iters is not None and iters <= 0:
+        raise ConfigError(f"--iters must be a positive number of steps, got {iters}")
+    overrides: dict[str, Any] = {"seed": seed, "device": device, "prior": {"name": prior, "model": model}}
+    if iters is not None:
+        overrides["trainer"] = {"iters": iters}
+    base = build_config(preset, config, overrides)
+    if _relaunch_under_torchrun(gpus, lambda: read_prompts(prompts)):
+        return
+    summary = run_batch_from_env(prompts, out, base, overwrite=overwrite)
+    if is_main_process() and summary.failed:
+        raise typer.Exit(code=1)
 
 
 @app.command()

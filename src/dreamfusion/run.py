@@ -21,6 +21,9 @@ from pathlib import Path
 import torch
 
 from dreamfusion.config import RunConfig, dump_config, load_config
+from dreamfusion.distributed import (
+    DistributedContext, barrier, broadcast_from_main, cleanup, group_exists, init_distributed,
+)  # fmt: skip
 from dreamfusion.export.video import Scene, TurntableOutputs, write_turntable
 from dreamfusion.priors import build_prior
 from dreamfusion.field import NeRFField
@@ -128,40 +131,78 @@ def generate(
     resume_iters: int | None = None,
     on_step: Callable[[StepMetrics], None] | None = None,
     on_start: Callable[[Trainer], None] | None = None,
+    context: DistributedContext | None = None,
 ) -> GenerateResult:
     """Optimize a NeRF for ``config.prompt`` and write the run directory. Errors are RunError / TrainingError /
     PriorError / ConfigError with a message for the user; earlier results are left intact on any of them.
     With ``resume``, the run's saved config is used (``config`` only supplies the prompt to check) and
-    ``resume_iters`` may extend it."""
-    check_run_dir(run_dir, resume, overwrite)
+    ``resume_iters`` may extend it.
+
+    ``context`` None reads torchrun's variables (``init_distributed``): under torchrun every rank trains its
+    own views with DDP-averaged gradients, only the main rank touches ``run_dir`` and runs the callbacks,
+    and every rank returns the same result. A process group created here is destroyed here.
+    """
+    check_run_dir(run_dir, resume, overwrite)  # on every rank, before the main rank writes anything
     if resume:
         config = resume_config(run_dir, config.prompt, resume_iters)
-    device = resolve_device(config.device)
+    owns_group = context is None and not group_exists()
+    context = init_distributed(config.device) if context is None else context
+    try:
+        return _generate(config, run_dir, resume, overwrite, on_step, on_start, context)
+    finally:
+        if owns_group:
+            cleanup(context)
+
+
+def _generate(
+    config: RunConfig,
+    run_dir: Path,
+    resume: bool,
+    overwrite: bool,
+    on_step: Callable[[StepMetrics], None] | None,
+    on_start: Callable[[Trainer], None] | None,
+    context: DistributedContext,
+) -> GenerateResult:
+    device, main = context.device, context.is_main
     # Everything that can fail on bad input happens before the first file is written or removed.
     prior = build_prior(config.prior, device)
-    trainer = Trainer(config, prior, device)
-    create_run_dir(run_dir)
+    trainer = Trainer(config, prior, device, context)
+    barrier(context)
+    if main:
+        create_run_dir(run_dir)
     if resume:
-        trainer.load_checkpoint(run_dir / "checkpoint.pt")
+        trainer.load_checkpoint(run_dir / "checkpoint.pt")  # every rank reads it
         if trainer.step >= config.trainer.iters:
             raise RunError(f"{run_dir} already finished {trainer.step} steps; pass a larger --iters to continue")
-        truncate_metrics(run_dir / "metrics.jsonl", trainer.step)
-        log_line(run_dir, f"resumed at step {trainer.step} of {config.trainer.iters}")
-    else:
+        if main:
+            truncate_metrics(run_dir / "metrics.jsonl", trainer.step)
+            log_line(run_dir, f"resumed at step {trainer.step} of {config.trainer.iters}{_ranks(context)}")
+    elif main:
         if overwrite:
             clear_run_files(run_dir)
         write_text_atomic(run_dir / "config.yaml", dump_config(config))
-        log_line(run_dir, f"started {config.prompt!r} with prior {config.prior.name} on {device}, seed {config.seed}")
-    if on_start is not None:
+        log_line(
+            run_dir,
+            f"started {config.prompt!r} with prior {config.prior.name} on {device}, seed {config.seed}{_ranks(context)}",
+        )
+    if on_start is not None and main:
         on_start(trainer)
     try:
-        result = trainer.fit(run_dir, on_step=on_step)
+        result = trainer.fit(run_dir, on_step=on_step if main else None)
     except TrainingError as error:
-        log_line(run_dir, f"error: {error}")
+        if main:
+            log_line(run_dir, f"error: {error}")
         raise
-    log_line(run_dir, f"trained to step {result.steps} in {result.seconds:.1f} s, {result.skipped_steps} steps skipped")
-    outputs = write_outputs(trainer, run_dir)
+    outputs = None
+    if main:
+        log_line(run_dir, f"trained to step {result.steps} in {result.seconds:.1f} s, {result.skipped_steps} steps skipped")
+        outputs = write_outputs(trainer, run_dir)
+    outputs = broadcast_from_main(context, outputs)  # also keeps the other ranks until the outputs exist
     return GenerateResult(run_dir=run_dir, train=result, outputs=outputs, device=device)
+
+
+def _ranks(context: DistributedContext) -> str:
+    return f", {context.world_size} ranks (data parallel)" if context.distributed else ""
 
 
 def write_outputs(trainer: Trainer, run_dir: Path) -> TurntableOutputs:

@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
 
-from dreamfusion.cameras import sample_cameras
+from dreamfusion.cameras import CameraBatch, sample_cameras
+from dreamfusion.distributed import DistributedContext, all_reduce_mean, gather_to_main, rank_seed
 from dreamfusion.field import NeRFField
 from dreamfusion.priors.base import DiffusionPrior, PromptEmbeddings
 from dreamfusion.regularizers import loss_opacity, loss_orientation
-from dreamfusion.renderer import render
+from dreamfusion.renderer import RendererConfig, RenderOutput, render
 from dreamfusion.schedules import LearningRateSchedule, Ramp
 from dreamfusion.sds import score_distillation
 from dreamfusion.shading import Background, sample_shading_mode
@@ -126,17 +128,54 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-class Trainer:
-    """Optimizes a NeRF against a frozen prior for one prompt."""
+class SceneRenderer(nn.Module):
+    """Field and background behind one forward that does the whole render.
 
-    def __init__(self, config: RunConfig, prior: DiffusionPrior, device: torch.device) -> None:
-        torch.manual_seed(config.seed)  # parameter initialization only; training draws from RandomState
+    DistributedDataParallel expects one forward per backward, but a render calls the field several times and
+    its normals call torch.autograd.grad(create_graph=True) inside; wrapping this module instead of the field
+    gives DDP exactly one forward per step. That inner grad only differentiates with respect to the sample
+    points, never reaching the parameters' gradient accumulators, so DDP's hooks fire once, in the loss's
+    backward (which runs through the normals' double-backward graph). The output is a dict of tensors
+    (RenderOutput's fields), which DDP can search for the tensors it must watch.
+    """
+
+    def __init__(self, field: NeRFField, background: Background) -> None:
+        super().__init__()
+        self.field = field
+        self.background = background
+
+    def forward(self, cameras: CameraBatch, config: RendererConfig, **options: Any) -> dict[str, Tensor | None]:
+        return dict(vars(render(self.field, self.background, cameras, config, **options)))
+
+
+class Trainer:
+    """Optimizes a NeRF against a frozen prior for one prompt.
+
+    With a distributed ``context`` (world size N > 1) this is one rank of data-parallel SDS: the rank draws
+    its own cameras and noise from streams seeded by ``rank_seed``, DDP averages gradients (so N ranks of
+    batch b equal one process of batch N b: the SDS loss is averaged over the batch, the regularizers over
+    rays), and only the main rank writes metrics and checkpoints.
+    """
+
+    def __init__(
+        self, config: RunConfig, prior: DiffusionPrior, device: torch.device, context: DistributedContext | None = None
+    ) -> None:
+        torch.manual_seed(config.seed)  # parameter initialization only (the same on every rank)
         self.config = config
         self.prior = prior
         self.device = device
+        self.context = context if context is not None else DistributedContext.single(device)
         self.field = NeRFField(config.field).to(device)
         self.background = Background(config.background).to(device)
-        self.rng = RandomState.seeded(config.seed, device)
+        self.rng = RandomState.seeded(rank_seed(config.seed, self.context.rank), device)
+        self.renderer: nn.Module = SceneRenderer(self.field, self.background)
+        if self.context.distributed:
+            # Broadcasts rank 0's parameters; a random solid background leaves its MLP without gradients.
+            self.renderer = torch.nn.parallel.DistributedDataParallel(
+                self.renderer,
+                device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=config.background.kind == "random_solid",
+            )
         trainer = config.trainer
         self.optimizer = torch.optim.Adam(
             [
@@ -161,8 +200,10 @@ class Trainer:
         dtype = torch.float16 if mode == "fp16" else torch.bfloat16
         return torch.autocast("cuda", dtype=dtype)
 
-    def train_step(self) -> StepMetrics:
-        """One optimization step; a step whose loss or gradient is not finite is skipped and counted."""
+    def train_step(self, cameras: CameraBatch | None = None) -> StepMetrics:
+        """One optimization step; a step whose loss or gradient is not finite (on any rank) is skipped and
+        counted. ``cameras`` replaces this step's random cameras (for tests and benchmarks).
+        """
         config, trainer = self.config, self.config.trainer
         started = time.perf_counter()
         step = self.step
@@ -170,13 +211,13 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
 
-        cameras = sample_cameras(config.camera, trainer.batch_size, self.rng.host).to(self.device)
+        if cameras is None:
+            cameras = sample_cameras(config.camera, trainer.batch_size, self.rng.host)
+        cameras = cameras.to(self.device)
         shading = sample_shading_mode(config.shading, step, self.rng.host)
         lambda_orient = trainer.lambda_orient(step)
         lambda_opacity = trainer.lambda_opacity(step)
-        out = render(
-            self.field,
-            self.background,
+        out = self.renderer(
             cameras,
             config.renderer,
             shading=shading,
@@ -187,6 +228,7 @@ class Trainer:
             host_generator=self.rng.host,
             device_generator=self.rng.device,
         )
+        out = RenderOutput(**out)
         rgb = out.rgb.permute(0, 3, 1, 2)
         if rgb.shape[-1] != self.prior.resolution:
             rgb = F.interpolate(rgb, size=(self.prior.resolution,) * 2, mode="bilinear", align_corners=False)
@@ -212,7 +254,14 @@ class Trainer:
         loss.backward()
         params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        finite = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))
+        parts = torch.stack([loss, sds.loss_sds, orient, opacity]).detach().float()
+        nonfinite = (~(torch.isfinite(loss) & torch.isfinite(grad_norm))).float()
+        if self.context.distributed:
+            # One small all-reduce: the losses of the log become means over ranks, and a step that is not
+            # finite on some rank is skipped on all of them, so the ranks' parameters never part.
+            reduced = all_reduce_mean(self.context, torch.cat((parts, nonfinite[None])))
+            parts, nonfinite = reduced[:4], reduced[4]
+        finite = not bool(nonfinite)
         if finite:
             self.optimizer.step()
             self.nonfinite_in_row = 0
@@ -222,12 +271,13 @@ class Trainer:
             self.nonfinite_in_row += 1
         self.step += 1
         elapsed = time.perf_counter() - started
+        logged_loss, logged_sds, logged_orient, logged_opacity = parts.tolist()
         return StepMetrics(
             step=step,
-            loss=float(loss.detach()),
-            loss_sds=float(sds.loss_sds.detach()),
-            loss_orient=float(orient.detach()),
-            loss_opacity=float(opacity.detach()),
+            loss=logged_loss,
+            loss_sds=logged_sds,
+            loss_orient=logged_orient,
+            loss_opacity=logged_opacity,
             lambda_orient=lambda_orient,
             lambda_opacity=lambda_opacity,
             lr=trainer.lr * factor,
@@ -245,7 +295,8 @@ class Trainer:
         stop_at: int | None = None,
         on_step: Callable[[StepMetrics], None] | None = None,
     ) -> TrainResult:
-        """Train until ``stop_at`` (default: the configured iterations), checkpointing into ``run_dir``.
+        """Train until ``stop_at`` (default: the configured iterations), checkpointing into ``run_dir``
+        (every rank must call this; only the main rank writes).
 
         Raises TrainingError after too many non-finite steps in a row; the last good checkpoint stays.
         """
@@ -263,7 +314,7 @@ class Trainer:
                 )
             if metrics.step % trainer.log_every == 0 or self.step == end:
                 result.history.append(metrics)
-                if run_dir is not None:
+                if run_dir is not None and self.context.is_main:
                     append_jsonl(run_dir / "metrics.jsonl", asdict(metrics))
             if on_step is not None:
                 on_step(metrics)
@@ -291,7 +342,15 @@ class Trainer:
         }
 
     def save_checkpoint(self, path: Path) -> None:
-        atomic_torch_save(self.state_dict(), path)
+        """Write the checkpoint from the main rank. Distributed, every rank must call this: the random states
+        of all ranks are gathered into ``rng_ranks`` so a resume with as many ranks continues exactly."""
+        ranks = gather_to_main(self.context, self.rng.state_dict()) if self.context.distributed else None
+        if not self.context.is_main:
+            return
+        state = self.state_dict()
+        if ranks is not None:
+            state["rng_ranks"] = ranks
+        atomic_torch_save(state, path)
 
     def load_checkpoint(self, path: Path) -> None:
         """Restore a checkpoint written by ``save_checkpoint`` for the same run config."""
@@ -307,12 +366,21 @@ class Trainer:
             self.field.load_state_dict(state["field"])
             self.background.load_state_dict(state["background"])
             self.optimizer.load_state_dict(state["optimizer"])
-            self.rng.load_state_dict(state["rng"])
+            self.rng.load_state_dict(self._rank_rng_state(state))
         except (RuntimeError, KeyError, ValueError) as error:
             raise TrainingError(f"{path} does not fit this model ({str(error).splitlines()[0]})") from None
         self.step = int(state["step"])
         self.skipped_steps = int(state["skipped_steps"])
         self.nonfinite_in_row = int(state["nonfinite_in_row"])
+
+    def _rank_rng_state(self, state: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """This rank's saved random state. "rng" is rank 0's (and a one-process run's); a rank the checkpoint
+        has no state for (the run had fewer ranks) keeps the fresh streams of its own ``rank_seed``."""
+        rank = self.context.rank
+        ranks = state.get("rng_ranks") or [state["rng"]]
+        if rank == 0:
+            return state["rng"]
+        return ranks[rank] if rank < len(ranks) else self.rng.state_dict()
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
