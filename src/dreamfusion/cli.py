@@ -30,12 +30,15 @@ def user_errors(command: F) -> F:
     from dreamfusion.run import RunError
     from dreamfusion.trainer import TrainingError
     from dreamfusion.typed_config import ConfigError
+    from dreamfusion.evaluate_clip import ClipEvalError
+    from dreamfusion.export.mesh import MeshExportError
+    from dreamfusion.viewer import ViewerError
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (RunError, TrainingError, PriorError, ConfigError) as error:
+        except (RunError, TrainingError, PriorError, ConfigError, MeshExportError, ClipEvalError, ViewerError) as error:
             console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
@@ -127,7 +130,9 @@ def generate(
         return
     skipped = f", {result.train.skipped_steps} non-finite steps skipped" if result.train.skipped_steps else ""
     console.print(f"done: {result.train.steps} steps on {result.device}{skipped}")
-    console.print(f"results in {run_dir}/: turntable.gif, {'turntable.mp4, ' if result.outputs.mp4 else ''}preview.png, checkpoint.pt")
+    made = ["turntable.gif", "turntable.mp4" if result.outputs.mp4 else "", "preview.png",
+            "mesh.glb" if (run_dir / "mesh.glb").is_file() else "", "checkpoint.pt"]
+    console.print(f"results in {run_dir}/: {', '.join(name for name in made if name)}")
     if result.outputs.mp4_error:
         console.print(f"[yellow]note:[/] {result.outputs.mp4_error}")
 
@@ -192,15 +197,24 @@ def render(
     frames: Annotated[int | None, typer.Option(help="Frames in the turntable (default: the run's).")] = None,
     elevation: Annotated[float | None, typer.Option(help="Camera elevation in degrees (default: the run's).")] = None,
     resolution: Annotated[int | None, typer.Option(help="Rendered side in pixels (default: the run's).")] = None,
+    panels: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated panels side by side: lambertian, albedo, textureless, normals, depth, opacity "
+                     "(default: lambertian,textureless)."),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Re-render the turntable video, GIF and preview of a run from its checkpoint."""
     from dataclasses import replace
 
-    from dreamfusion.export.video import write_turntable
+    from dreamfusion.export.video import DEFAULT_PANELS, parse_panels, write_turntable
     from dreamfusion.run import load_scene
     from dreamfusion.typed_config import ConfigError
 
+    try:
+        selected = parse_panels(panels) if panels is not None else DEFAULT_PANELS
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     config, scene = load_scene(run_dir, device)
     turntable = config.turntable
     try:
@@ -212,7 +226,7 @@ def render(
         )
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    outputs = write_turntable(scene, turntable, run_dir)
+    outputs = write_turntable(scene, turntable, run_dir, panels=selected)
     console.print(f"wrote {outputs.gif}, {outputs.preview}" + (f", {outputs.mp4}" if outputs.mp4 else ""))
     if outputs.mp4_error:
         console.print(f"[yellow]note:[/] {outputs.mp4_error}")
@@ -336,6 +350,79 @@ def eval_3d(
         typer.echo(result.to_json())
     else:
         typer.echo(result.summary())
+
+
+
+@app.command("export")
+@user_errors
+def export_mesh(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by generate.")],
+    format: Annotated[str, typer.Option("--format", help="glb, obj or ply (GLB and OBJ are written y-up).")] = "glb",
+    resolution: Annotated[int, typer.Option(help="Marching-cubes grid samples per side.")] = 256,
+    threshold: Annotated[float | None, typer.Option(help="Surface density (default: the density at which one render sample is half opaque).")] = None,
+    decimate: Annotated[int | None, typer.Option(help="Simplify to about this many faces (needs fast-simplification).")] = None,
+    keep_largest: Annotated[bool, typer.Option("--keep-largest", help="Keep only the largest connected piece.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Output file (default: RUN_DIR/mesh.FORMAT).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Extract a coloured triangle mesh (marching cubes on the density) and write it as GLB, OBJ or PLY."""
+    from dreamfusion.export.mesh import MeshExportConfig, export_run
+    from dreamfusion.typed_config import ConfigError
+
+    try:
+        config = MeshExportConfig(resolution=resolution, threshold=threshold, decimate_faces=decimate, keep_largest=keep_largest)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    path = export_run(run_dir, format, device=device, out=out, config=config)  # type: ignore[arg-type]
+    console.print(f"wrote {path}")
+
+
+@app.command()
+@user_errors
+def view(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by generate.")],
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8080,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (for exporting a mesh when the run has no mesh.glb).")] = "auto",
+) -> None:
+    """Open an interactive local viewer (viser) of the run's mesh, turntable, prompt and metrics; Ctrl-C stops it."""
+    from dreamfusion.viewer import serve
+
+    server = serve(run_dir, port=port, block=False, device=device)
+    console.print(f"viewer at http://127.0.0.1:{server.get_port()} (Ctrl-C to stop)")
+    try:
+        import time
+
+        while True:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+@app.command("eval-clip")
+@user_errors
+def eval_clip(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by generate.")],
+    clip: Annotated[Path, typer.Option(help="Local transformers CLIP folder, e.g. from: huggingface-cli download openai/clip-vit-base-patch32 --local-dir DIR")],
+    captions: Annotated[Path | None, typer.Option(help="Caption set, one per line (default: the built-in ~60 objects; the prompt is added).")] = None,
+    views: Annotated[int, typer.Option(help="Azimuths at 30 degrees elevation.")] = 16,
+    resolution: Annotated[int, typer.Option(help="Rendered side in pixels.")] = 128,
+    color_shading: Annotated[str, typer.Option(help="albedo or lambertian, for the colour renders.")] = "albedo",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """CLIP R-Precision (R=1) of colour and textureless renders against a caption set; writes RUN_DIR/eval_clip.json."""
+    from dreamfusion.evaluate_clip import ClipEvalConfig, evaluate_run_clip
+    from dreamfusion.typed_config import ConfigError
+
+    try:
+        config = ClipEvalConfig(views=views, resolution=resolution, color_shading=color_shading)  # type: ignore[arg-type]
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    result = evaluate_run_clip(run_dir, clip, captions, config, device=device)
+    for mode, score in result.summary.items():
+        console.print(f"CLIP R-Precision ({mode}): {score:.3f} over {result.views} views, {result.num_captions} captions")
+    console.print(f"wrote {run_dir / 'eval_clip.json'}")
 
 
 def main() -> None:

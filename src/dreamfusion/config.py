@@ -48,6 +48,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "shading": {"albedo_warmup_steps": 100},
         "trainer": {
             "iters": 500,
+            "lr": 3e-2,  # few steps: a coarser grid tolerates, and needs, larger ones
             "checkpoint_every": 100,
             "lambda_orient": {"start": 1e-4, "end": 1e-2, "steps": 200, "kind": "log"},
         },

@@ -6,6 +6,7 @@ A run directory holds:
   metrics.jsonl   one line of losses and speed every few steps
   run.log         what happened, in words
   turntable.mp4 / turntable.gif / preview.png
+  mesh.glb        a coloured mesh (marching cubes), when the field has a surface
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ from dreamfusion.shading import Background
 from dreamfusion.trainer import StepMetrics, Trainer, TrainingError, TrainResult, read_checkpoint, resolve_device
 from dreamfusion.typed_config import ConfigError
 
-RUN_FILES = ("config.yaml", "checkpoint.pt", "metrics.jsonl", "run.log", "turntable.mp4", "turntable.gif", "preview.png")
+RUN_FILES = (
+    "config.yaml", "checkpoint.pt", "metrics.jsonl", "run.log", "turntable.mp4", "turntable.gif", "preview.png",
+    "mesh.glb", "eval.json", "eval_clip.json",
+)  # fmt: skip
 
 
 class RunError(RuntimeError):
@@ -205,13 +209,28 @@ def _ranks(context: DistributedContext) -> str:
     return f", {context.world_size} ranks (data parallel)" if context.distributed else ""
 
 
+GENERATE_MESH_RESOLUTION = 128
+"""Grid of the mesh.glb that generate writes; `dreamfusion export` makes finer ones (256 by default)."""
+
+
 def write_outputs(trainer: Trainer, run_dir: Path) -> TurntableOutputs:
+    """The turntable, preview and mesh.glb of a trained run. A field with no surface yet (too few steps)
+    gets no mesh.glb, and run.log says why: never an empty file."""
+    from dreamfusion.export.mesh import MeshExportConfig, MeshExportError, extract_mesh, write_mesh
+
     config = trainer.config
     scene = Scene(trainer.field.eval(), trainer.background.eval(), config.renderer, config.shading)
     outputs = write_turntable(scene, config.turntable, run_dir)
     if outputs.mp4_error:
         log_line(run_dir, f"turntable.mp4 skipped: {outputs.mp4_error}")
     log_line(run_dir, "wrote turntable and preview")
+    mesh_config = MeshExportConfig(resolution=GENERATE_MESH_RESOLUTION, auto_samples=config.renderer.num_samples)
+    try:
+        mesh = extract_mesh(scene.field, mesh_config)
+        write_mesh(mesh, run_dir / "mesh.glb")
+        log_line(run_dir, f"wrote mesh.glb: {mesh.num_faces} faces at density {mesh.threshold:.1f}")
+    except MeshExportError as error:
+        log_line(run_dir, f"mesh.glb skipped: {error}")
     return outputs
 
 

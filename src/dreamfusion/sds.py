@@ -22,6 +22,7 @@ from torch import Tensor
 
 if TYPE_CHECKING:
     from dreamfusion.priors.base import DiffusionPrior
+    from dreamfusion.priors.base import PromptEmbeddings
 
 Weighting = Literal["sds", "uniform"]
 
@@ -150,5 +151,112 @@ def score_distillation(
         ).to(latents.dtype)
         eps_text, eps_unconditional = eps.chunk(2)
         guided = classifier_free_guidance(eps_unconditional, eps_text, guidance_scale)
+        gradient = sds_gradient(guided, noise, sds_weight(alphas_cumprod, timesteps_device, weighting))
+    return SDSOutput(loss_sds=sds_loss(latents, gradient), gradient=gradient, timesteps=timesteps)
+
+
+# -- Perp-Neg (Armandpour et al. 2023, arXiv 2304.04968) ------------------------------------------------
+
+PERP_NEG_VIEWS: tuple[str, ...] = ("front", "side", "back")
+"""The view prompts that serve as Perp-Neg negatives, with their canonical azimuths in degrees below."""
+_PERP_NEG_AZIMUTH = {"front": 0.0, "side": 90.0, "back": 180.0}
+
+
+def _perpendicular(a: Tensor, b: Tensor) -> Tensor:
+    """The component of each sample of ``a`` perpendicular to the same sample of ``b`` (dot over C, H, W)."""
+    dims = tuple(range(1, a.ndim))
+    dot = (a * b).sum(dim=dims, keepdim=True)
+    norm2 = (b * b).sum(dim=dims, keepdim=True).clamp_min(torch.finfo(b.dtype).tiny)
+    return a - dot / norm2 * b
+
+
+def perp_neg_guidance(
+    eps_uncond: Float[Tensor, "B C H W"],
+    eps_pos: Float[Tensor, "B C H W"],
+    eps_negs: Float[Tensor, "K B C H W"] | list[Tensor],
+    weights: Float[Tensor, "K B"] | list[float],
+    scale: float,
+) -> Float[Tensor, "B C H W"]:
+    """Perp-Neg guidance: eps_u + s (d_pos - sum_k w_k perp(d_neg_k, d_pos)), d = eps - eps_u.
+
+    Only the part of each negative direction perpendicular to the positive one is removed, so a negative
+    prompt that overlaps the positive ("a chair, front view" against "a chair, side view") cannot cancel
+    the shared content. With all weights 0 it is ``classifier_free_guidance``.
+    ``weights``: one per negative (K floats) or one per negative and sample (K x B).
+    """
+    if isinstance(eps_negs, (list, tuple)):
+        eps_negs = torch.stack(list(eps_negs)) if len(eps_negs) else eps_uncond.new_zeros((0, *eps_uncond.shape))
+    w = torch.as_tensor(weights, dtype=eps_uncond.dtype, device=eps_uncond.device)
+    if w.ndim == 1:
+        w = w[:, None].expand(eps_negs.shape[0], eps_uncond.shape[0])
+    if w.shape != eps_negs.shape[:2]:
+        raise ValueError(f"weights of shape {tuple(w.shape)} do not fit {eps_negs.shape[0]} negatives of batch {eps_uncond.shape[0]}")
+    positive = eps_pos - eps_uncond
+    direction = positive
+    for k in range(eps_negs.shape[0]):
+        direction = direction - w[k][:, None, None, None] * _perpendicular(eps_negs[k] - eps_uncond, positive)
+    return eps_uncond + scale * direction
+
+
+def perp_neg_weights(
+    view_labels: tuple[str, ...], azimuth_deg: Float[Tensor, " B"], max_weights: tuple[float, float, float] = (2.0, 1.0, 1.0)
+) -> Float[Tensor, "3 B"]:
+    """Weights of the negatives (front, side, back) for each camera, interpolated by azimuth.
+
+    A negative view v gets max_v (1 - cos d_v) / 2, with d_v the angle between the camera's azimuth and v's
+    (front 0, side +-90, back 180 degrees): nothing at the view itself, the full weight opposite it. The
+    camera's own view (its positive prompt) is never a negative.
+    """
+    azimuth = azimuth_deg.detach().float().cpu()
+    rows = []
+    for view, largest in zip(PERP_NEG_VIEWS, max_weights, strict=True):
+        canonical = torch.tensor(_PERP_NEG_AZIMUTH[view])
+        if view == "side":  # both sides share one prompt: use the nearer one
+            distance = torch.minimum(_angle_between(azimuth, canonical), _angle_between(azimuth, -canonical))
+        else:
+            distance = _angle_between(azimuth, canonical)
+        weight = largest * (1.0 - torch.cos(torch.deg2rad(distance))) / 2.0
+        own = torch.tensor([label == view for label in view_labels])
+        rows.append(torch.where(own, torch.zeros_like(weight), weight))
+    return torch.stack(rows)
+
+
+def _angle_between(a: Tensor, b: Tensor) -> Tensor:
+    return ((a - b + 180.0) % 360.0 - 180.0).abs()
+
+
+def perp_neg_score_distillation(
+    prior: DiffusionPrior,
+    latents: Float[Tensor, "B C H W"],
+    embeddings: PromptEmbeddings,
+    view_labels: tuple[str, ...],
+    azimuth_deg: Float[Tensor, " B"],
+    guidance_scale: float,
+    t_range: tuple[float, float],
+    weighting: Weighting,
+    generator: torch.Generator,
+    max_weights: tuple[float, float, float] = (2.0, 1.0, 1.0),
+) -> SDSOutput:
+    """``score_distillation`` with Perp-Neg guidance: the other views' prompts are negatives (see ``perp_neg_weights``).
+
+    Draws timesteps and noise exactly as ``score_distillation`` does (same generator calls), so with all
+    weights 0 the two give the same result. Negatives whose weight is 0 for the whole batch are not evaluated.
+    """
+    alphas_cumprod = prior.alphas_cumprod
+    batch = latents.shape[0]
+    timesteps = sample_timesteps(batch, t_range, alphas_cumprod.shape[0], generator)
+    noise = torch.randn(latents.shape, generator=generator).to(latents)
+    timesteps_device = timesteps.to(latents.device)
+    weights = perp_neg_weights(view_labels, azimuth_deg, max_weights).to(latents.device)
+    used = [k for k in range(len(PERP_NEG_VIEWS)) if bool((weights[k] != 0).any())]
+    conditional, unconditional = embeddings.for_views(view_labels)  # type: ignore[arg-type]
+    negatives = [embeddings.by_view[PERP_NEG_VIEWS[k]].expand(batch, *conditional.shape[1:]) for k in used]  # type: ignore[index]
+    context = torch.cat((conditional, unconditional, *negatives)).to(latents.device)
+    copies = 2 + len(used)
+    with torch.no_grad():
+        noisy = add_noise(latents.detach(), noise, alphas_cumprod, timesteps_device)
+        eps = prior.predict_noise(torch.cat([noisy] * copies), timesteps_device.repeat(copies), context).to(latents.dtype)
+        parts = eps.chunk(copies)
+        guided = perp_neg_guidance(parts[1], parts[0], list(parts[2:]), weights[used], guidance_scale)
         gradient = sds_gradient(guided, noise, sds_weight(alphas_cumprod, timesteps_device, weighting))
     return SDSOutput(loss_sds=sds_loss(latents, gradient), gradient=gradient, timesteps=timesteps)

@@ -23,7 +23,7 @@ from dreamfusion.priors.base import DiffusionPrior, PromptEmbeddings
 from dreamfusion.regularizers import loss_opacity, loss_orientation
 from dreamfusion.renderer import RendererConfig, RenderOutput, render
 from dreamfusion.schedules import LearningRateSchedule, Ramp
-from dreamfusion.sds import score_distillation
+from dreamfusion.sds import perp_neg_score_distillation, score_distillation
 from dreamfusion.shading import Background, sample_shading_mode
 
 if TYPE_CHECKING:
@@ -236,16 +236,31 @@ class Trainer:
         progress = step / max(trainer.iters - 1, 1)
         with self._autocast():
             latents = self.prior.encode_images(rgb)
-            sds = score_distillation(
-                self.prior,
-                latents,
-                conditional,
-                unconditional,
-                self.guidance_scale,
-                config.guidance.t_range_at(progress),
-                config.guidance.weighting,
-                self.rng.host,
-            )
+            if getattr(self.prior, "perp_neg", False):
+                # Perp-Neg needs each camera's azimuth to weight the other views' prompts as negatives.
+                sds = perp_neg_score_distillation(
+                    self.prior,
+                    latents,
+                    self.embeddings,
+                    cameras.view_labels,
+                    cameras.azimuth,
+                    self.guidance_scale,
+                    config.guidance.t_range_at(progress),
+                    config.guidance.weighting,
+                    self.rng.host,
+                    max_weights=self.prior.perp_neg_weights,  # type: ignore[attr-defined]
+                )
+            else:
+                sds = score_distillation(
+                    self.prior,
+                    latents,
+                    conditional,
+                    unconditional,
+                    self.guidance_scale,
+                    config.guidance.t_range_at(progress),
+                    config.guidance.weighting,
+                    self.rng.host,
+                )
         orient = loss_orientation(out) if lambda_orient > 0 else torch.zeros((), device=self.device)
         opacity = loss_opacity(out)
         loss = sds.loss_sds + lambda_orient * orient + lambda_opacity * opacity

@@ -27,3 +27,8 @@ def test_registry_builds_by_name_and_refuses_unknown_names() -> None:
         build_prior(PriorConfig(name="dalle"), torch.device("cpu"))  # type: ignore[arg-type]
     with pytest.raises(PriorError, match="no weights"):
         build_prior(PriorConfig(name="analytic", model="/tmp/x"), torch.device("cpu"))
+
+
+def test_perp_neg_is_refused_where_it_does_not_apply() -> None:
+    with pytest.raises(PriorError, match="Perp-Neg"):
+        build_prior(PriorConfig(name="analytic", perp_neg=True), torch.device("cpu"))

@@ -18,7 +18,20 @@ from dreamfusion.renderer import OccupancyGrid, RendererConfig, RenderOutput, re
 from dreamfusion.shading import Background, ShadingConfig
 
 Panel = Literal["lambertian", "albedo", "textureless", "normals", "depth", "opacity"]
+PANELS: tuple[Panel, ...] = ("lambertian", "albedo", "textureless", "normals", "depth", "opacity")
 DEFAULT_PANELS: tuple[Panel, ...] = ("lambertian", "textureless")
+
+
+def parse_panels(text: str | None) -> tuple[Panel, ...]:
+    """Panels from a comma-separated list ("lambertian,normals"); None or "" gives DEFAULT_PANELS.
+    Raises ValueError naming the unknown panel and the valid ones; duplicates are dropped."""
+    if text is None or not text.strip():
+        return DEFAULT_PANELS
+    names = [name.strip().lower() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in PANELS]
+    if unknown:
+        raise ValueError(f"unknown panel {unknown[0]!r}; choose from {', '.join(PANELS)}")
+    return tuple(dict.fromkeys(names))  # type: ignore[return-value]
 
 
 @dataclass
@@ -55,8 +68,12 @@ def _panel_image(scene: Scene, cameras: CameraBatch, panel: Panel) -> Float[torc
         # World normals mapped to colours, over white where the ray is empty.
         return (out.normals * 0.5 + 0.5 * out.opacity) + (1 - out.opacity)
     if panel == "depth":
-        near, far = out.depth[out.opacity > 0.5].aminmax() if (out.opacity > 0.5).any() else (out.depth.min(), out.depth.max())
-        scaled = 1 - ((out.depth - near) / (far - near).clamp(min=1e-6)).clamp(0, 1)
+        # A fixed range for every frame: the bounding sphere spans [distance - bound, distance + bound] along
+        # the view axis, so the same depth is the same grey in every frame (no per-chunk rescaling flicker).
+        # Near is bright, far is dark, empty rays are black.
+        bound = scene.field.config.bound
+        near = (cameras.distance.to(out.depth.device) - bound).clamp(min=0).view(-1, 1, 1, 1)
+        scaled = 1 - ((out.depth - near) / (2 * bound)).clamp(0, 1)
         return (scaled * out.opacity).expand(*out.depth.shape[:-1], 3)
     if panel == "opacity":
         return out.opacity.expand(*out.opacity.shape[:-1], 3)
@@ -67,7 +84,9 @@ def _panel_image(scene: Scene, cameras: CameraBatch, panel: Panel) -> Float[torc
 def render_panels(
     scene: Scene, cameras: CameraBatch, panels: tuple[Panel, ...] = DEFAULT_PANELS, chunk: int = 8
 ) -> UInt8[np.ndarray, "B H W*P 3"]:
-    """Render each camera once per panel and place the panels side by side."""
+    """Render each camera once per panel and place the panels side by side (in the order given)."""
+    if not panels or any(panel not in PANELS for panel in panels):
+        raise ValueError(f"panels must be a non-empty selection of {', '.join(PANELS)}, got {panels!r}")
     device = next(scene.field.parameters()).device
     rows = []
     for start in range(0, cameras.batch_size, chunk):

@@ -1,0 +1,171 @@
+"""DeepFloyd IF stage I as an SDS prior, in 64x64 pixel space (``--prior if --model DIR_OR_ID``).
+
+The stage I U-Net denoises 64x64 rgb in [-1, 1], conditioned on T5-XXL hidden states (prompts tokenized to
+77 tokens, as IF's pipeline does). It predicts a learned variance as well: its 6 output channels are
+(epsilon, variance interpolation); only the first 3, the noise, feed SDS. Guidance 20 (threestudio's value
+for IF, diffusers form), DDIM sampling at 7.
+
+Precision "auto" is fp16 on CUDA (IF's published fp16 variant), fp32 on CPU. The T5 encoder (about 9 GB in
+fp16 for XXL) is loaded only to embed the prompts, which are cached, and then freed
+(``release_text_encoder=True``). IF's caption cleaning (lower-casing, URL / HTML stripping) is not applied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from dreamfusion.priors import _diffusers as shared
+from dreamfusion.priors.base import PromptEmbeddings
+
+if TYPE_CHECKING:
+    from dreamfusion.priors import PriorConfig
+
+SUBFOLDERS = ("unet", "text_encoder", "tokenizer", "scheduler")
+FETCH_HINT = (
+    "huggingface-cli download DeepFloyd/IF-I-XL-v1.0 --local-dir DIR "
+    "(accept the license on huggingface.co/DeepFloyd/IF-I-XL-v1.0 and log in first)"
+)
+MAX_TOKENS = 77
+
+
+@dataclass(frozen=True)
+class DeepFloydIFPriorConfig:
+    """Where the IF stage I weights are and how the prior runs."""
+
+    model: str | None = None
+    """A local diffusers folder (unet/ text_encoder/ tokenizer/ scheduler/), or a model id in the local cache."""
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    guidance_scale: float = 20.0
+    sampling_guidance_scale: float = 7.0
+    release_text_encoder: bool = True
+    channels_last: bool = False
+    compile_unet: bool = False
+    cuda_graph: bool = False
+    perp_neg: bool = False
+    perp_neg_weights: tuple[float, float, float] = (2.0, 1.0, 1.0)
+
+
+class DeepFloydIFPrior:
+    """Implements ``DiffusionPrior`` with a diffusers DeepFloyd IF stage I folder."""
+
+    name = "if"
+
+    def __init__(self, config: DeepFloydIFPriorConfig, device: torch.device | str = "cpu") -> None:
+        diffusers = shared.import_diffusers()
+        shared.import_transformers()
+        self.config = config
+        self.device = torch.device(device)
+        self.dtype = shared.choose_dtype(config.precision, self.device, torch.float16)
+        self.path: Path = shared.resolve_model_dir(config.model, prior="if", subfolders=SUBFOLDERS, fetch_hint=FETCH_HINT)
+        self._alphas_cumprod_cpu, self.prediction_type = shared.scheduler_alphas_cumprod(self.path)
+        self._alphas_cumprod = self._alphas_cumprod_cpu.to(self.device)
+        unet = shared.load_component(diffusers.UNet2DConditionModel.from_pretrained, self.path, "unet", "U-Net", torch_dtype=self.dtype)
+        self.unet = shared.load_frozen(unet, self.device, self.dtype)
+        if config.channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+        side = int(self.unet.config.sample_size)
+        self.resolution = side
+        self.latent_shape = (3, side, side)
+        self.default_guidance_scale = config.guidance_scale
+        self.sampling_guidance_scale = config.sampling_guidance_scale
+        self.perp_neg = config.perp_neg
+        self.perp_neg_weights = config.perp_neg_weights
+
+        self._unet_forward: Any = self._plain_unet_forward
+        if config.compile_unet:
+            self._compiled_unet = torch.compile(self.unet)
+            self._unet_forward = self._compiled_forward
+        if config.cuda_graph and self.device.type == "cuda":
+            self._unet_forward = shared.GraphedForward(self._unet_forward)
+
+        self._text_encoder: Any = None
+        self._tokenizer: Any = None
+        self._embeddings = shared.EmbeddingCache(self._embed_texts)
+
+    # -- text ------------------------------------------------------------------------------------
+    def _load_text_encoder(self) -> None:
+        transformers = shared.import_transformers()
+        self._tokenizer = shared.load_component(transformers.AutoTokenizer.from_pretrained, self.path, "tokenizer", "tokenizer")
+        encoder = shared.load_component(
+            transformers.T5EncoderModel.from_pretrained, self.path, "text_encoder", "T5 text encoder", dtype=self.dtype
+        )
+        self._text_encoder = shared.load_frozen(encoder, self.device, self.dtype)
+
+    def _embed_texts(self, texts: list[str]) -> Tensor:
+        if self._text_encoder is None:
+            self._load_text_encoder()
+        tokens = self._tokenizer(
+            texts, padding="max_length", max_length=MAX_TOKENS, truncation=True, add_special_tokens=True, return_tensors="pt"
+        )
+        with torch.autocast(self.device.type, enabled=False):
+            hidden = self._text_encoder(
+                tokens.input_ids.to(self.device), attention_mask=tokens.attention_mask.to(self.device)
+            )[0]
+        return hidden.to(self.dtype)
+
+    def release_text_encoder(self) -> None:
+        """Free the T5 encoder and tokenizer (cached embeddings stay; an uncached prompt reloads them)."""
+        self._text_encoder = None
+        self._tokenizer = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def encode_prompt(self, prompt: str, negative_prompt: str = "") -> PromptEmbeddings:
+        """T5 hidden states (batch 1, 77 x D) of each view prompt and of the negative (empty) prompt."""
+        embeddings = self._embeddings.prompt_embeddings(prompt, negative_prompt)
+        if self.config.release_text_encoder:
+            self.release_text_encoder()
+        return embeddings
+
+    # -- images ----------------------------------------------------------------------------------
+    @property
+    def alphas_cumprod(self) -> Float[Tensor, " T"]:
+        return self._alphas_cumprod
+
+    def encode_images(self, rgb: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B 3 64 64"]:
+        """rgb [0, 1] -> [-1, 1] at the U-Net's size (bilinear, antialiased if shrinking); float32, differentiable."""
+        side = self.resolution
+        x = rgb.float()
+        if x.shape[-2:] != (side, side):
+            x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False, antialias=x.shape[-1] > side)
+        return x * 2.0 - 1.0
+
+    def _plain_unet_forward(self, sample: Tensor, timesteps: Tensor, context: Tensor) -> Tensor:
+        return self.unet(sample, timesteps, encoder_hidden_states=context, return_dict=False)[0]
+
+    def _compiled_forward(self, sample: Tensor, timesteps: Tensor, context: Tensor) -> Tensor:
+        return self._compiled_unet(sample, timesteps, encoder_hidden_states=context, return_dict=False)[0]
+
+    def predict_noise(
+        self, noisy: Float[Tensor, "B 3 64 64"], timesteps: Int[Tensor, " B"], embeddings: Tensor
+    ) -> Float[Tensor, "B 3 64 64"]:
+        """The noise half of the U-Net's output (learned variance dropped), in the dtype of ``noisy``."""
+        timesteps = timesteps.to(self.device)
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
+            sample = noisy.to(self.device, self.dtype)
+            if self.config.channels_last:
+                sample = sample.contiguous(memory_format=torch.channels_last)
+            out = self._unet_forward(sample, timesteps, embeddings.to(self.device, self.dtype))
+            out = out[:, : noisy.shape[1]]
+            eps = shared.epsilon_from_output(out, noisy, timesteps, self._alphas_cumprod, self.prediction_type)
+        return eps.to(noisy.dtype)
+
+    def decode(self, latents: Float[Tensor, "B 3 64 64"]) -> Float[Tensor, "B 3 64 64"]:
+        return ((latents.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+def build(config: PriorConfig, device: torch.device) -> DeepFloydIFPrior:
+    """Registry entry point. Extra options of ``PriorConfig`` (when present) pass through by name."""
+    options = {
+        name: getattr(config, name)
+        for name in ("perp_neg", "compile_unet", "cuda_graph", "channels_last")
+        if getattr(config, name, None) is not None
+    }
+    return DeepFloydIFPrior(DeepFloydIFPriorConfig(model=config.model, precision=config.precision, **options), device)

@@ -1,0 +1,240 @@
+"""Stable Diffusion 1.x / 2.x as an SDS prior, in latent space (``--prior sd --model DIR_OR_ID``).
+
+SDS in latent space (as in stable-dreamfusion / threestudio): the 64x64 render is upsampled bilinearly to
+the VAE's resolution (512 for SD 1.5 and 2.1-base), VAE-encoded *with* gradients, multiplied by the VAE
+scaling factor (0.18215), and SDS acts on the 4x64x64 latent; the gradient reaches the NeRF through the
+VAE encoder. Guidance 100 (diffusers form), timesteps in [0.02, 0.98] of the schedule (the run config's).
+
+Choices:
+
+* Latent: the *mean* of the VAE posterior, not a sample. The SD VAE's posterior std is tiny next to the
+  SDS noise at t >= 0.02, so sampling only adds variance (and randomness outside the run's generator);
+  the mean is deterministic, so a run repeats exactly. threestudio and stable-dreamfusion sample;
+  ``latent="sample"`` does that.
+* Precision: "auto" is fp16 on CUDA (the published weights are fp16-safe), fp32 on CPU. The prior runs in
+  its own dtype with autocast disabled inside ``encode_images`` / ``predict_noise`` (the trainer's
+  autocast would otherwise recast the fp16 weights to bf16 at each call); outputs are float32.
+* The text encoder is loaded only to embed prompts: the four view prompts and the negative one are embedded
+  once and cached, then the encoder is freed (``release_text_encoder=True``, the default; it is reloaded
+  from the folder only if an uncached prompt comes later).
+* Speed (all off by default; safe defaults): ``channels_last`` U-Net/VAE memory format, ``compile_unet``
+  (torch.compile), ``cuda_graph`` (replay the U-Net forward as a CUDA graph: the U-Net at batch 2 is
+  launch-bound on a fast GPU), ``vae_slicing`` (encode a batch one image at a time). Attention uses
+  PyTorch's scaled_dot_product_attention (diffusers' default processor with torch 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from dreamfusion.priors import _diffusers as shared
+from dreamfusion.priors.base import PriorError, PromptEmbeddings
+
+if TYPE_CHECKING:
+    from dreamfusion.priors import PriorConfig
+
+SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+FETCH_HINT = "huggingface-cli download stabilityai/stable-diffusion-2-1-base --local-dir DIR"
+
+
+@dataclass(frozen=True)
+class StableDiffusionPriorConfig:
+    """Where the Stable Diffusion weights are and how the prior runs."""
+
+    model: str | None = None
+    """A local diffusers folder (unet/ vae/ text_encoder/ tokenizer/ scheduler/), or a model id in the local cache."""
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    """"auto": fp16 on CUDA, fp32 on CPU (half precision is never used on CPU)."""
+    resolution: int = 64
+    """Side of the render the prior expects (the trainer resizes renders to it)."""
+    vae_resolution: int | None = None
+    """Side the render is upsampled to before the VAE; None is the model's native size (U-Net sample_size x 8)."""
+    latent: Literal["mean", "sample"] = "mean"
+    """Which VAE posterior latent SDS acts on (see the module docstring)."""
+    guidance_scale: float = 100.0
+    sampling_guidance_scale: float = 7.5
+    release_text_encoder: bool = True
+    channels_last: bool = False
+    compile_unet: bool = False
+    cuda_graph: bool = False
+    vae_slicing: bool = False
+    perp_neg: bool = False
+    """Use Perp-Neg guidance (see ``dreamfusion.sds.perp_neg_score_distillation``); needs the trainer's support."""
+    perp_neg_weights: tuple[float, float, float] = (2.0, 1.0, 1.0)
+    """Largest Perp-Neg weight of the front, side and back negative prompts."""
+
+
+class StableDiffusionPrior:
+    """Implements ``DiffusionPrior`` with a diffusers Stable Diffusion folder."""
+
+    name = "sd"
+
+    def __init__(self, config: StableDiffusionPriorConfig, device: torch.device | str = "cpu") -> None:
+        diffusers = shared.import_diffusers()
+        shared.import_transformers()
+        self.config = config
+        self.device = torch.device(device)
+        self.dtype = shared.choose_dtype(config.precision, self.device, torch.float16)
+        self.path: Path = shared.resolve_model_dir(config.model, prior="sd", subfolders=SUBFOLDERS, fetch_hint=FETCH_HINT)
+
+        alphas_cumprod, prediction_type = shared.scheduler_alphas_cumprod(self.path)
+        unet = shared.load_component(diffusers.UNet2DConditionModel.from_pretrained, self.path, "unet", "U-Net", torch_dtype=self.dtype)
+        vae = shared.load_component(diffusers.AutoencoderKL.from_pretrained, self.path, "vae", "VAE", torch_dtype=self.dtype)
+        self._setup(unet, vae, alphas_cumprod, prediction_type)
+
+    @classmethod
+    def from_components(
+        cls,
+        config: StableDiffusionPriorConfig,
+        device: torch.device | str,
+        *,
+        unet: Any,
+        vae: Any,
+        scheduler: Any,
+        text_encoder: Any,
+        tokenizer: Any,
+    ) -> StableDiffusionPrior:
+        """A prior from models already in memory (benchmarks, tests); ``config.model`` is ignored.
+
+        Without a folder the text encoder cannot be reloaded once released, so embed every prompt you need
+        before the first release (``encode_prompt`` releases it when ``config.release_text_encoder``)."""
+        prior = cls.__new__(cls)
+        prior.config = config
+        prior.device = torch.device(device)
+        prior.dtype = shared.choose_dtype(config.precision, prior.device, torch.float16)
+        prior.path = None  # type: ignore[assignment]
+        prior._setup(unet, vae, scheduler.alphas_cumprod.float().clone(), str(scheduler.config.prediction_type))
+        prior._tokenizer = tokenizer
+        prior._text_encoder = shared.load_frozen(text_encoder, prior.device, prior.dtype)
+        return prior
+
+    def _setup(self, unet: Any, vae: Any, alphas_cumprod: Tensor, prediction_type: str) -> None:
+        config = self.config
+        self._alphas_cumprod = alphas_cumprod.to(self.device)
+        self.prediction_type = prediction_type
+        self.unet = shared.load_frozen(unet, self.device, self.dtype)
+        self.vae = shared.load_frozen(vae, self.device, self.dtype)
+        if config.channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+            self.vae.to(memory_format=torch.channels_last)
+        if config.vae_slicing:
+            self.vae.enable_slicing()
+        self.scaling_factor = float(self.vae.config.scaling_factor)
+        self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.vae_resolution = config.vae_resolution or int(self.unet.config.sample_size) * self.vae_scale
+        if self.vae_resolution % self.vae_scale:
+            raise PriorError(f"vae_resolution {self.vae_resolution} must be a multiple of {self.vae_scale}")
+        side = self.vae_resolution // self.vae_scale
+        self.resolution = config.resolution
+        self.latent_shape = (int(self.unet.config.in_channels), side, side)
+        self.default_guidance_scale = config.guidance_scale
+        self.sampling_guidance_scale = config.sampling_guidance_scale
+        self.perp_neg = config.perp_neg
+        self.perp_neg_weights = config.perp_neg_weights
+
+        self._unet_forward: Any = self._plain_unet_forward
+        if config.compile_unet:
+            self._compiled_unet = torch.compile(self.unet)
+            self._unet_forward = self._compiled_forward
+        if config.cuda_graph and self.device.type == "cuda":
+            self._unet_forward = shared.GraphedForward(self._unet_forward)
+
+        self._text_encoder: Any = None
+        self._tokenizer: Any = None
+        self._embeddings = shared.EmbeddingCache(self._embed_texts)
+
+    # -- text ------------------------------------------------------------------------------------
+    def _load_text_encoder(self) -> None:
+        if self.path is None:
+            raise PriorError("this prior was built from components and its text encoder was released; embed prompts before releasing it")
+        transformers = shared.import_transformers()
+        self._tokenizer = shared.load_component(transformers.AutoTokenizer.from_pretrained, self.path, "tokenizer", "tokenizer")
+        encoder = shared.load_component(
+            transformers.CLIPTextModel.from_pretrained, self.path, "text_encoder", "text encoder", dtype=self.dtype
+        )
+        self._text_encoder = shared.load_frozen(encoder, self.device, self.dtype)
+
+    def _embed_texts(self, texts: list[str]) -> Tensor:
+        if self._text_encoder is None:
+            self._load_text_encoder()
+        tokens = self._tokenizer(
+            texts, padding="max_length", max_length=self._tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        )
+        with torch.autocast(self.device.type, enabled=False):
+            hidden = self._text_encoder(tokens.input_ids.to(self.device))[0]
+        return hidden.to(self.dtype)
+
+    def release_text_encoder(self) -> None:
+        """Free the text encoder and tokenizer (cached embeddings stay; an uncached prompt reloads them)."""
+        self._text_encoder = None
+        self._tokenizer = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def encode_prompt(self, prompt: str, negative_prompt: str = "") -> PromptEmbeddings:
+        """CLIP hidden states (batch 1, 77 x D) of each view prompt and of the negative (empty) prompt."""
+        embeddings = self._embeddings.prompt_embeddings(prompt, negative_prompt)
+        if self.config.release_text_encoder:
+            self.release_text_encoder()
+        return embeddings
+
+    # -- images ----------------------------------------------------------------------------------
+    @property
+    def alphas_cumprod(self) -> Float[Tensor, " T"]:
+        return self._alphas_cumprod
+
+    def encode_images(self, rgb: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B 4 h w"]:
+        """rgb [0, 1] -> bilinear to ``vae_resolution`` -> [-1, 1] -> VAE posterior mean (or sample) x scaling; float32, differentiable."""
+        side = self.vae_resolution
+        with torch.autocast(self.device.type, enabled=False):
+            x = rgb.float()
+            if x.shape[-2:] != (side, side):
+                x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
+            x = (x * 2.0 - 1.0).to(self.device, self.dtype)
+            if self.config.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            posterior = self.vae.encode(x).latent_dist
+            latents = posterior.mean if self.config.latent == "mean" else posterior.sample()
+        return latents.float() * self.scaling_factor
+
+    def _plain_unet_forward(self, sample: Tensor, timesteps: Tensor, context: Tensor) -> Tensor:
+        return self.unet(sample, timesteps, encoder_hidden_states=context, return_dict=False)[0]
+
+    def _compiled_forward(self, sample: Tensor, timesteps: Tensor, context: Tensor) -> Tensor:
+        return self._compiled_unet(sample, timesteps, encoder_hidden_states=context, return_dict=False)[0]
+
+    def predict_noise(
+        self, noisy: Float[Tensor, "B 4 h w"], timesteps: Int[Tensor, " B"], embeddings: Tensor
+    ) -> Float[Tensor, "B 4 h w"]:
+        """Epsilon (v-prediction models converted), in the dtype of ``noisy``."""
+        timesteps = timesteps.to(self.device)
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
+            sample = noisy.to(self.device, self.dtype)
+            if self.config.channels_last:
+                sample = sample.contiguous(memory_format=torch.channels_last)
+            out = self._unet_forward(sample, timesteps, embeddings.to(self.device, self.dtype))
+            eps = shared.epsilon_from_output(out, noisy, timesteps, self._alphas_cumprod, self.prediction_type)
+        return eps.to(noisy.dtype)
+
+    def decode(self, latents: Float[Tensor, "B 4 h w"]) -> Float[Tensor, "B 3 H W"]:
+        """VAE decode of latents / scaling -> rgb in [0, 1] (float32)."""
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
+            images = self.vae.decode((latents.float() / self.scaling_factor).to(self.device, self.dtype)).sample
+        return ((images.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+def build(config: PriorConfig, device: torch.device) -> StableDiffusionPrior:
+    """Registry entry point. Extra options of ``PriorConfig`` (when present) pass through by name."""
+    options = {
+        name: getattr(config, name)
+        for name in ("vae_resolution", "perp_neg", "compile_unet", "cuda_graph", "channels_last")
+        if getattr(config, name, None) is not None
+    }
+    return StableDiffusionPrior(StableDiffusionPriorConfig(model=config.model, precision=config.precision, **options), device)
