@@ -202,3 +202,21 @@ def test_batch_runs_every_prompt_and_reports_failures(tmp_path: Path, tiny_yaml:
     empty = tmp_path / "empty.txt"
     empty.write_text("\n# nothing\n")
     _assert_user_error(_run("batch", str(empty), "--out", str(tmp_path / "o2")), "no prompts")
+
+
+def test_export_view_and_eval_clip_commands(tmp_path: Path, tiny_yaml: Path) -> None:
+    import trimesh
+
+    out = tmp_path / "run"
+    common = ("--prior", "analytic", "--config", str(tiny_yaml), "--out", str(out), "--device", "cpu")
+    assert _run("generate", "a ball", "--iters", "2", *common).exit_code == 0
+    assert (out / "mesh.glb").stat().st_size > 0  # the untrained blob is already a surface
+    result = _run("export", str(out), "--format", "ply", "--resolution", "32", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert len(trimesh.load(out / "mesh.ply").faces) > 8
+    _assert_user_error(_run("export", str(out), "--format", "stl"), "unknown mesh format 'stl'")
+    _assert_user_error(_run("export", str(out), "--resolution", "2"), "mesh resolution must be at least 8")
+    _assert_user_error(_run("export", str(tmp_path)), "is not a dreamfusion run")
+    _assert_user_error(_run("view", str(tmp_path)), "is not a dreamfusion run")
+    _assert_user_error(_run("eval-clip", str(out), "--clip", str(tmp_path / "no-clip")), "huggingface-cli download")
+    _assert_user_error(_run("render", str(out), "--panels", "rgb,depth"), "unknown panel 'rgb'")
