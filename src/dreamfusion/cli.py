@@ -385,19 +385,11 @@ def view(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (for exporting a mesh when the run has no mesh.glb).")] = "auto",
 ) -> None:
     """Open an interactive local viewer (viser) of the run's mesh, turntable, prompt and metrics; Ctrl-C stops it."""
-    from dreamfusion.viewer import serve
+    from dreamfusion.viewer import run_until_interrupted, serve
 
     server = serve(run_dir, port=port, block=False, device=device)
     console.print(f"viewer at http://127.0.0.1:{server.get_port()} (Ctrl-C to stop)")
-    try:
-        import time
-
-        while True:
-            time.sleep(1.0)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
+    run_until_interrupted(server)
 
 
 @app.command("eval-clip")

@@ -171,11 +171,16 @@ def serve(
             server.gui.add_image(np.asarray(image.convert("RGB")), label="preview")
 
     if block:
-        try:
-            while True:
-                time.sleep(1.0)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            server.stop()
+        run_until_interrupted(server)
     return server
+
+
+def run_until_interrupted(server) -> None:
+    """Keep serving until Ctrl-C, then stop the server."""
+    try:
+        while True:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()

@@ -215,3 +215,46 @@ class GraphedForward:
         with torch.no_grad(), torch.cuda.graph(graph, pool=self._pool):
             out = self.forward(*static)
         return graph, static, out
+
+
+class DiffusersPrior:
+    """What the Stable Diffusion and IF priors do alike once their modules are loaded: cached prompt
+    embeddings, freeing the text encoder, and the U-Net's epsilon prediction. Subclasses set ``config``,
+    ``device``, ``dtype``, ``unet``, ``prediction_type``, ``_alphas_cumprod``, ``_embeddings``,
+    ``_unet_forward`` and the text-encoder attributes."""
+
+    def release_text_encoder(self) -> None:
+        """Free the text encoder and tokenizer (cached embeddings stay; an uncached prompt reloads them)."""
+        self._text_encoder = None
+        self._tokenizer = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def encode_prompt(self, prompt: str, negative_prompt: str = "") -> PromptEmbeddings:
+        """Text-encoder hidden states (batch 1) of each view prompt and of the negative (empty) prompt."""
+        embeddings = self._embeddings.prompt_embeddings(prompt, negative_prompt)
+        if self.config.release_text_encoder:
+            self.release_text_encoder()
+        return embeddings
+
+    @property
+    def alphas_cumprod(self) -> Tensor:
+        return self._alphas_cumprod
+
+    def _plain_unet_forward(self, sample: Tensor, timesteps: Tensor, context: Tensor) -> Tensor:
+        return self.unet(sample, timesteps, encoder_hidden_states=context, return_dict=False)[0]
+
+    def _compiled_forward(self, sample: Tensor, timesteps: Tensor, context: Tensor) -> Tensor:
+        return self._compiled_unet(sample, timesteps, encoder_hidden_states=context, return_dict=False)[0]
+
+    def predict_noise(self, noisy: Tensor, timesteps: Tensor, embeddings: Tensor) -> Tensor:
+        """Epsilon, in the dtype of ``noisy``: the first C output channels (IF's learned variance dropped),
+        converted from v for v-prediction models."""
+        timesteps = timesteps.to(self.device)
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
+            sample = noisy.to(self.device, self.dtype)
+            if self.config.channels_last:
+                sample = sample.contiguous(memory_format=torch.channels_last)
+            out = self._unet_forward(sample, timesteps, embeddings.to(self.device, self.dtype))[:, : noisy.shape[1]]
+            eps = epsilon_from_output(out, noisy, timesteps, self._alphas_cumprod, self.prediction_type)
+        return eps.to(noisy.dtype)

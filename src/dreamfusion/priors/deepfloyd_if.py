@@ -18,11 +18,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 
 from dreamfusion.priors import _diffusers as shared
-from dreamfusion.priors.base import PromptEmbeddings
 
 if TYPE_CHECKING:
     from dreamfusion.priors import PriorConfig
@@ -52,7 +51,7 @@ class DeepFloydIFPriorConfig:
     perp_neg_weights: tuple[float, float, float] = (2.0, 1.0, 1.0)
 
 
-class DeepFloydIFPrior:
+class DeepFloydIFPrior(shared.DiffusersPrior):
     """Implements ``DiffusionPrior`` with a diffusers DeepFloyd IF stage I folder."""
 
     name = "if"
@@ -110,25 +109,7 @@ class DeepFloydIFPrior:
             )[0]
         return hidden.to(self.dtype)
 
-    def release_text_encoder(self) -> None:
-        """Free the T5 encoder and tokenizer (cached embeddings stay; an uncached prompt reloads them)."""
-        self._text_encoder = None
-        self._tokenizer = None
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-
-    def encode_prompt(self, prompt: str, negative_prompt: str = "") -> PromptEmbeddings:
-        """T5 hidden states (batch 1, 77 x D) of each view prompt and of the negative (empty) prompt."""
-        embeddings = self._embeddings.prompt_embeddings(prompt, negative_prompt)
-        if self.config.release_text_encoder:
-            self.release_text_encoder()
-        return embeddings
-
     # -- images ----------------------------------------------------------------------------------
-    @property
-    def alphas_cumprod(self) -> Float[Tensor, " T"]:
-        return self._alphas_cumprod
-
     def encode_images(self, rgb: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B 3 64 64"]:
         """rgb [0, 1] -> [-1, 1] at the U-Net's size (bilinear, antialiased if shrinking); float32, differentiable."""
         side = self.resolution
@@ -136,26 +117,6 @@ class DeepFloydIFPrior:
         if x.shape[-2:] != (side, side):
             x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False, antialias=x.shape[-1] > side)
         return x * 2.0 - 1.0
-
-    def _plain_unet_forward(self, sample: Tensor, timesteps: Tensor, context: Tensor) -> Tensor:
-        return self.unet(sample, timesteps, encoder_hidden_states=context, return_dict=False)[0]
-
-    def _compiled_forward(self, sample: Tensor, timesteps: Tensor, context: Tensor) -> Tensor:
-        return self._compiled_unet(sample, timesteps, encoder_hidden_states=context, return_dict=False)[0]
-
-    def predict_noise(
-        self, noisy: Float[Tensor, "B 3 64 64"], timesteps: Int[Tensor, " B"], embeddings: Tensor
-    ) -> Float[Tensor, "B 3 64 64"]:
-        """The noise half of the U-Net's output (learned variance dropped), in the dtype of ``noisy``."""
-        timesteps = timesteps.to(self.device)
-        with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
-            sample = noisy.to(self.device, self.dtype)
-            if self.config.channels_last:
-                sample = sample.contiguous(memory_format=torch.channels_last)
-            out = self._unet_forward(sample, timesteps, embeddings.to(self.device, self.dtype))
-            out = out[:, : noisy.shape[1]]
-            eps = shared.epsilon_from_output(out, noisy, timesteps, self._alphas_cumprod, self.prediction_type)
-        return eps.to(noisy.dtype)
 
     def decode(self, latents: Float[Tensor, "B 3 64 64"]) -> Float[Tensor, "B 3 64 64"]:
         return ((latents.float() + 1.0) / 2.0).clamp(0.0, 1.0)

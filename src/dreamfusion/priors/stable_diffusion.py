@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 
 from dreamfusion.priors import _diffusers as shared
-from dreamfusion.priors.base import PriorError, PromptEmbeddings
+from dreamfusion.priors.base import PriorError
 
 if TYPE_CHECKING:
     from dreamfusion.priors import PriorConfig
@@ -71,7 +71,7 @@ class StableDiffusionPriorConfig:
     """Largest Perp-Neg weight of the front, side and back negative prompts."""
 
 
-class StableDiffusionPrior:
+class StableDiffusionPrior(shared.DiffusersPrior):
     """Implements ``DiffusionPrior`` with a diffusers Stable Diffusion folder."""
 
     name = "sd"
@@ -171,25 +171,7 @@ class StableDiffusionPrior:
             hidden = self._text_encoder(tokens.input_ids.to(self.device))[0]
         return hidden.to(self.dtype)
 
-    def release_text_encoder(self) -> None:
-        """Free the text encoder and tokenizer (cached embeddings stay; an uncached prompt reloads them)."""
-        self._text_encoder = None
-        self._tokenizer = None
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-
-    def encode_prompt(self, prompt: str, negative_prompt: str = "") -> PromptEmbeddings:
-        """CLIP hidden states (batch 1, 77 x D) of each view prompt and of the negative (empty) prompt."""
-        embeddings = self._embeddings.prompt_embeddings(prompt, negative_prompt)
-        if self.config.release_text_encoder:
-            self.release_text_encoder()
-        return embeddings
-
     # -- images ----------------------------------------------------------------------------------
-    @property
-    def alphas_cumprod(self) -> Float[Tensor, " T"]:
-        return self._alphas_cumprod
-
     def encode_images(self, rgb: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B 4 h w"]:
         """rgb [0, 1] -> bilinear to ``vae_resolution`` -> [-1, 1] -> VAE posterior mean (or sample) x scaling; float32, differentiable."""
         side = self.vae_resolution
@@ -203,25 +185,6 @@ class StableDiffusionPrior:
             posterior = self.vae.encode(x).latent_dist
             latents = posterior.mean if self.config.latent == "mean" else posterior.sample()
         return latents.float() * self.scaling_factor
-
-    def _plain_unet_forward(self, sample: Tensor, timesteps: Tensor, context: Tensor) -> Tensor:
-        return self.unet(sample, timesteps, encoder_hidden_states=context, return_dict=False)[0]
-
-    def _compiled_forward(self, sample: Tensor, timesteps: Tensor, context: Tensor) -> Tensor:
-        return self._compiled_unet(sample, timesteps, encoder_hidden_states=context, return_dict=False)[0]
-
-    def predict_noise(
-        self, noisy: Float[Tensor, "B 4 h w"], timesteps: Int[Tensor, " B"], embeddings: Tensor
-    ) -> Float[Tensor, "B 4 h w"]:
-        """Epsilon (v-prediction models converted), in the dtype of ``noisy``."""
-        timesteps = timesteps.to(self.device)
-        with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
-            sample = noisy.to(self.device, self.dtype)
-            if self.config.channels_last:
-                sample = sample.contiguous(memory_format=torch.channels_last)
-            out = self._unet_forward(sample, timesteps, embeddings.to(self.device, self.dtype))
-            eps = shared.epsilon_from_output(out, noisy, timesteps, self._alphas_cumprod, self.prediction_type)
-        return eps.to(noisy.dtype)
 
     def decode(self, latents: Float[Tensor, "B 4 h w"]) -> Float[Tensor, "B 3 H W"]:
         """VAE decode of latents / scaling -> rgb in [0, 1] (float32)."""
