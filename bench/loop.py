@@ -44,6 +44,20 @@ def measure(fn: Callable[[], object], steps: int, device: torch.device) -> dict[
     return {"it_per_s": steps / seconds, "ms_per_it": 1000 * seconds / steps, "peak_mb": peak_mb}
 
 
+def write_profile(step: Callable[[], object], device: torch.device, path: Path) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(5):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(prof.key_averages().table(sort_by=sort_by, row_limit=40, max_name_column_width=60))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="where to write the JSON results")
@@ -52,6 +66,8 @@ def main() -> None:
     parser.add_argument("--preset", default="default")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--normals", choices=("autograd", "finite_difference"), default="autograd")
+    parser.add_argument("--profile", type=Path, help="also write the top operators of 5 whole steps (torch.profiler) here")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -63,6 +79,7 @@ def main() -> None:
             "prior": {"name": args.prior},
             "camera": {"resolution": 64},
             "trainer": {"batch_size": args.batch_size},
+            "field": {"normals": args.normals},
             "shading": {"albedo_warmup_steps": 0},
         },
     )
@@ -91,6 +108,8 @@ def main() -> None:
         "prior (SDS, CFG batch 2)": measure(prior_only, args.steps, device),
         "whole step": measure(trainer.train_step, args.steps, device),
     }
+    if args.profile is not None:
+        write_profile(trainer.train_step, device, args.profile)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"\nloop benchmark: prior={args.prior} preset={args.preset} batch={args.batch_size} 64x64 "
           f"samples={config.renderer.num_samples}+{config.renderer.num_importance} on {name}, torch {torch.__version__}")

@@ -1,6 +1,6 @@
 """Speed of one SDS step with a full-size Stable Diffusion prior: naive fp32 eager vs the optimized prior.
 
-Usage: python bench/sds_speed.py OUT_JSON [--model sd21|sd15] [--steps N] [--compile] [--cuda-graphs]
+Usage: python bench/sds_speed.py OUT_JSON [--model sd21|sd15] [--steps N] [--no-cuda-graphs] [--compile] [--compile-vae]
        python bench/sds_speed.py /tmp/sds.json --tiny          (CPU smoke test: tiny configs, 2 steps)
 
 The U-Net, VAE and text encoder of SD 2.1-base (or SD 1.5) are built from their published configs with
@@ -8,10 +8,11 @@ random weights (speed does not depend on the values; nothing is downloaded), wra
 ``StableDiffusionPrior``, and driven by the package's ``Trainer`` (64x64 NeRF render, batch 1, CFG at
 guidance 100, the VAE encoder at 512 with gradients, Adam step). Both loops run in the same process:
 
-* naive: fp32 weights, trainer autocast off, eager U-Net;
-* optimized: fp16 weights (the prior runs in its own dtype, autocast off inside it), SDPA attention, plus
-  ``--cuda-graphs`` (the U-Net forward replayed as a CUDA graph with static buffers), ``--compile``
-  (torch.compile of the U-Net) and ``--channels-last``, each optional.
+* naive: fp32 weights, trainer autocast off, eager U-Net, cuDNN's default algorithm choice;
+* optimized: the prior's defaults on CUDA: fp16 weights (the prior runs in its own dtype, autocast off inside
+  it), SDPA attention, the U-Net forward replayed as a CUDA graph (``--no-cuda-graphs`` turns that off), cuDNN
+  autotuning; optionally ``--compile`` (torch.compile of the U-Net), ``--compile-vae`` (of the VAE encoder)
+  and ``--channels-last``.
 
 Printed: it/s of whole trainer steps; ms of the render (forward), the VAE encode forward + backward, and the
 U-Net forward (batch 2, CFG); peak memory; FLOPs per step (torch.utils.flop_counter, counted on an eager
@@ -194,7 +195,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="timed trainer steps per loop (after warm-up)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="torch.compile the U-Net in the optimized loop")
-    parser.add_argument("--cuda-graphs", action="store_true", help="replay the U-Net forward as a CUDA graph in the optimized loop")
+    parser.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", help="eager U-Net in the optimized loop")
+    parser.add_argument("--compile-vae", action="store_true", help="torch.compile the VAE encoder in the optimized loop")
     parser.add_argument("--channels-last", action="store_true", help="channels_last U-Net and VAE in the optimized loop")
     parser.add_argument("--precision", choices=("fp16", "bf16"), default="fp16", help="weights of the optimized loop")
     parser.add_argument("--tiny", action="store_true", help="tiny configs, 2 steps: a CPU smoke test")
@@ -203,8 +205,6 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     steps, warmup = (2, 1) if args.tiny else (args.steps, args.warmup)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
     import tempfile
 
     work = Path(tempfile.mkdtemp(prefix="sds_speed_"))
@@ -214,17 +214,20 @@ def main() -> None:
     components = build_components(args.model, args.tiny, work)  # shared: the optimized prior recasts them in place
     loops = []
     if not args.skip_naive:
-        config = StableDiffusionPriorConfig(precision="fp32", **common)
+        torch.backends.cudnn.benchmark = False
+        config = StableDiffusionPriorConfig(precision="fp32", cuda_graph=False, **common)
         prior = StableDiffusionPrior.from_components(config, device, **components)
         loops.append(measure("naive fp32 eager", prior, {**run_overrides, "trainer": {"mixed_precision": "off"}},
                              device, steps, warmup, count_flops=True))
         del prior
+    torch.backends.cudnn.benchmark = device.type == "cuda"
     fast = StableDiffusionPriorConfig(
-        precision=args.precision, channels_last=args.channels_last, cuda_graph=args.cuda_graphs, compile_unet=args.compile, **common
+        precision=args.precision, channels_last=args.channels_last, cuda_graph=args.cuda_graphs, compile_unet=args.compile,
+        compile_vae=args.compile_vae, **common
     )
     prior = StableDiffusionPrior.from_components(fast, device, **components)
     parts = [str(prior.dtype).replace("torch.", ""), "channels_last" if fast.channels_last else "", "cuda-graph" if args.cuda_graphs and device.type == "cuda" else "",
-             "compile" if args.compile else ""]
+             "compile" if args.compile else "", "compiled-vae" if args.compile_vae else ""]
     loops.append(measure("optimized " + "+".join(p for p in parts if p), prior, run_overrides, device, steps, warmup,
                          count_flops=args.skip_naive))
     flops = loops[0].get("flops_per_step", 0)

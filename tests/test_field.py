@@ -1,6 +1,6 @@
 import torch
 
-from dreamfusion.field import FieldConfig, HashGridConfig, HashGridEncoding, NeRFField
+from dreamfusion.field import FieldConfig, HashGridConfig, HashGridEncoding, NeRFField, gather_rows
 
 
 def test_dense_level_interpolates_trilinearly() -> None:
@@ -48,3 +48,15 @@ def test_blob_biases_density_towards_the_centre() -> None:
         assert field.density(centre) > 10 * field.density(far)
     assert FieldConfig(density_bias="blob_magic3d").blob == (10.0, 0.5)
     assert FieldConfig(density_bias="blob_dreamfusion").blob == (5.0, 0.2)
+
+
+def test_gather_rows_is_twice_differentiable_like_indexing() -> None:
+    generator = torch.Generator().manual_seed(0)
+    table = torch.randn(7, 2, dtype=torch.float64, generator=generator, requires_grad=True)
+    index = torch.randint(0, 7, (20,), generator=generator)  # repeats: the scatter must accumulate
+    assert torch.equal(gather_rows(table, index), table[index])
+    assert torch.autograd.gradcheck(lambda t: gather_rows(t, index), (table,))
+    assert torch.autograd.gradgradcheck(lambda t: gather_rows(t, index) ** 2, (table,))
+    (grad,) = torch.autograd.grad((gather_rows(table, index) * 3).sum(), table)
+    counts = torch.bincount(index, minlength=7).to(grad.dtype)
+    assert torch.allclose(grad, 3 * counts[:, None].expand(7, 2))

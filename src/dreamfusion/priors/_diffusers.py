@@ -1,6 +1,6 @@
 """What the diffusers-based priors (Stable Diffusion, DeepFloyd IF) share: lazy imports, finding local
 weights without touching the network, dtype choice, the noise schedule, v -> epsilon, the text-embedding
-cache, and an optional CUDA-graph wrapper around a U-Net forward.
+cache, and the U-Net's epsilon prediction.
 
 Nothing here imports diffusers or transformers at module import time: ``dreamfusion`` works without them,
 and asking for "sd" or "if" without them gives one ``PriorError`` line saying what to install.
@@ -173,48 +173,6 @@ class EmbeddingCache:
 def prompt_texts(prompt: str, negative_prompt: str = "") -> list[str]:
     views = view_prompts(prompt.strip())
     return [views[label] for label in VIEW_LABELS] + [negative_prompt.strip()]
-
-
-class GraphedForward:
-    """A CUDA graph of ``forward(sample, timesteps, context) -> Tensor`` with static input buffers.
-
-    Captured on the first call for each (shapes, dtypes); later calls copy into the buffers and replay. The
-    U-Net's forward at batch 2 is hundreds of small kernels, so on a fast GPU it is launch-bound: replaying
-    a graph removes the Python and launch overhead. Only for CUDA, no-grad calls; the returned tensor is a
-    clone (the graph's output buffer is overwritten by the next replay).
-    """
-
-    def __init__(self, forward: Callable[[Tensor, Tensor, Tensor], Tensor], warmup: int = 2) -> None:
-        self.forward = forward
-        self.warmup = warmup
-        self._graphs: dict[tuple[Any, ...], tuple[Any, tuple[Tensor, Tensor, Tensor], Tensor]] = {}
-        self._pool: Any = None
-
-    def __call__(self, sample: Tensor, timesteps: Tensor, context: Tensor) -> Tensor:
-        key = tuple((tuple(t.shape), t.dtype) for t in (sample, timesteps, context))
-        if key not in self._graphs:
-            self._graphs[key] = self._capture(sample, timesteps, context)
-        graph, (s, t, c), out = self._graphs[key]
-        s.copy_(sample)
-        t.copy_(timesteps)
-        c.copy_(context)
-        graph.replay()
-        return out.clone()
-
-    def _capture(self, sample: Tensor, timesteps: Tensor, context: Tensor) -> Any:
-        static = (sample.clone(), timesteps.clone(), context.clone())
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.no_grad(), torch.cuda.stream(stream):
-            for _ in range(self.warmup):
-                self.forward(*static)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
-        with torch.no_grad(), torch.cuda.graph(graph, pool=self._pool):
-            out = self.forward(*static)
-        return graph, static, out
 
 
 class DiffusersPrior:

@@ -22,6 +22,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from dreamfusion.priors import _diffusers as shared
+from dreamfusion.priors.cuda_graph import GraphedForward
 
 if TYPE_CHECKING:
     from dreamfusion.priors import PriorConfig
@@ -46,7 +47,8 @@ class DeepFloydIFPriorConfig:
     release_text_encoder: bool = True
     channels_last: bool = False
     compile_unet: bool = False
-    cuda_graph: bool = False
+    cuda_graph: bool = True
+    """Replay the U-Net forward from a CUDA graph (CUDA devices only)."""
     perp_neg: bool = False
     perp_neg_weights: tuple[float, float, float] = (2.0, 1.0, 1.0)
 
@@ -82,7 +84,7 @@ class DeepFloydIFPrior(shared.DiffusersPrior):
             self._compiled_unet = torch.compile(self.unet)
             self._unet_forward = self._compiled_forward
         if config.cuda_graph and self.device.type == "cuda":
-            self._unet_forward = shared.GraphedForward(self._unet_forward)
+            self._unet_forward = GraphedForward(self._unet_forward)
 
         self._text_encoder: Any = None
         self._tokenizer: Any = None

@@ -17,10 +17,10 @@ Choices:
 * The text encoder is loaded only to embed prompts: the four view prompts and the negative one are embedded
   once and cached, then the encoder is freed (``release_text_encoder=True``, the default; it is reloaded
   from the folder only if an uncached prompt comes later).
-* Speed (all off by default; safe defaults): ``channels_last`` U-Net/VAE memory format, ``compile_unet``
-  (torch.compile), ``cuda_graph`` (replay the U-Net forward as a CUDA graph: the U-Net at batch 2 is
-  launch-bound on a fast GPU), ``vae_slicing`` (encode a batch one image at a time). Attention uses
-  PyTorch's scaled_dot_product_attention (diffusers' default processor with torch 2).
+* Speed: ``cuda_graph`` (on by default, CUDA only: the U-Net at batch 2 is launch-bound on a fast GPU, and
+  a graph replay removes that); off by default: ``channels_last`` U-Net/VAE memory format, ``compile_unet``
+  and ``compile_vae`` (torch.compile; minutes of compiling first), ``vae_slicing`` (encode a batch one image
+  at a time). Attention uses PyTorch's scaled_dot_product_attention (diffusers' default with torch 2).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from torch import Tensor
 
 from dreamfusion.priors import _diffusers as shared
 from dreamfusion.priors.base import PriorError
+from dreamfusion.priors.cuda_graph import GraphedForward
 
 if TYPE_CHECKING:
     from dreamfusion.priors import PriorConfig
@@ -63,7 +64,10 @@ class StableDiffusionPriorConfig:
     release_text_encoder: bool = True
     channels_last: bool = False
     compile_unet: bool = False
-    cuda_graph: bool = False
+    cuda_graph: bool = True
+    """Replay the U-Net forward from a CUDA graph (CUDA devices only): 42 -> 11 ms per CFG forward on an H200."""
+    compile_vae: bool = False
+    """torch.compile the VAE encoder's forward and backward (fuses its GroupNorm and SiLU kernels)."""
     vae_slicing: bool = False
     perp_neg: bool = False
     """Use Perp-Neg guidance (see ``dreamfusion.sds.perp_neg_score_distillation``); needs the trainer's support."""
@@ -144,7 +148,8 @@ class StableDiffusionPrior(shared.DiffusersPrior):
             self._compiled_unet = torch.compile(self.unet)
             self._unet_forward = self._compiled_forward
         if config.cuda_graph and self.device.type == "cuda":
-            self._unet_forward = shared.GraphedForward(self._unet_forward)
+            self._unet_forward = GraphedForward(self._unet_forward)
+        self._encode_latents: Any = torch.compile(self._posterior_latents) if config.compile_vae else self._posterior_latents
 
         self._text_encoder: Any = None
         self._tokenizer: Any = None
@@ -182,9 +187,12 @@ class StableDiffusionPrior(shared.DiffusersPrior):
             x = (x * 2.0 - 1.0).to(self.device, self.dtype)
             if self.config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            posterior = self.vae.encode(x).latent_dist
-            latents = posterior.mean if self.config.latent == "mean" else posterior.sample()
+            latents = self._encode_latents(x)
         return latents.float() * self.scaling_factor
+
+    def _posterior_latents(self, x: Tensor) -> Tensor:
+        posterior = self.vae.encode(x).latent_dist
+        return posterior.mean if self.config.latent == "mean" else posterior.sample()
 
     def decode(self, latents: Float[Tensor, "B 4 h w"]) -> Float[Tensor, "B 3 H W"]:
         """VAE decode of latents / scaling -> rgb in [0, 1] (float32)."""
@@ -197,7 +205,7 @@ def build(config: PriorConfig, device: torch.device) -> StableDiffusionPrior:
     """Registry entry point. Extra options of ``PriorConfig`` (when present) pass through by name."""
     options = {
         name: getattr(config, name)
-        for name in ("vae_resolution", "perp_neg", "compile_unet", "cuda_graph", "channels_last")
+        for name in ("vae_resolution", "perp_neg", "compile_unet", "compile_vae", "cuda_graph", "channels_last")
         if getattr(config, name, None) is not None
     }
     return StableDiffusionPrior(StableDiffusionPriorConfig(model=config.model, precision=config.precision, **options), device)
