@@ -1,9 +1,10 @@
 """3D quality of the embedded prior end to end: `generate` then `eval-3d` on 12 prompts, one per object kind
 (varied colours, 3 of them held-out colour x object pairs the prior never saw), with medians.
 
-    python bench/quality.py OUT_DIR [--device cuda] [--preset default] [--iters N] [--parallel K] [--prompts N]
+    python bench/quality.py OUT_DIR [--device cuda] [--preset default] [--iters N] [--parallel K] [--prompts N] [--sheet PNG]
 
 Each run lands in OUT_DIR/<slug>/; the table is printed and OUT_DIR/quality.json holds every figure.
+``--sheet`` also writes one image with a row per prompt (first turntable frame, then the 8-view preview).
 ``--parallel K`` runs K prompts at once on the same device (the renderer is launch-bound at 64x64, so a
 large GPU has room for several).
 """
@@ -15,6 +16,7 @@ import json
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -77,12 +79,36 @@ def run_prompt(prompt: str, held_out: bool, out_dir: Path, args: argparse.Namesp
     )
 
 
+def write_sheet(run_dirs: list[Path], path: Path) -> None:
+    """One row per run with outputs: the turntable's first frame (lambertian | textureless) beside the
+    8-view preview, all at the preview's scale."""
+    import imageio.v3 as iio
+    import numpy as np
+
+    rows = []
+    for run_dir in run_dirs:
+        if not (run_dir / "preview.png").is_file():
+            continue
+        preview = iio.imread(run_dir / "preview.png")[..., :3]
+        side = preview.shape[0] // 2
+        frame = iio.imread(run_dir / "turntable.gif", index=0)[..., :3]
+        step = max(1, frame.shape[0] // side)
+        rows.append(np.concatenate([frame[::step, ::step][:side], preview[:side], preview[side:]], axis=1))
+    if rows:
+        width = max(row.shape[1] for row in rows)
+        padded = [np.pad(row, ((0, 0), (0, width - row.shape[1]), (0, 0))) for row in rows]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        iio.imwrite(path, np.concatenate(padded, axis=0))
+
+
 def median(rows: list[PromptRow], name: str) -> float | None:
     values = [getattr(row, name) for row in rows if row.ok and getattr(row, name) is not None]
     return statistics.median(values) if values else None
 
 
 def main() -> None:
+    from dreamfusion.run import prompt_slug
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="folder for the runs and quality.json")
     parser.add_argument("--device", default="cuda")
@@ -91,13 +117,24 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--parallel", type=int, default=1)
     parser.add_argument("--prompts", type=int, default=len(PROMPTS), help="run only the first N prompts")
+    parser.add_argument("--sheet", type=Path, default=None, help="write a contact sheet of every run here (PNG)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
     chosen = PROMPTS[: args.prompts]
     started = time.perf_counter()
+    partial = args.out / "rows.jsonl"  # each row as it finishes, so a run cut short still leaves its figures
+    partial.write_text("")
+    lock = threading.Lock()
+
+    def run_and_record(item: tuple[str, bool]) -> PromptRow:
+        row = run_prompt(item[0], item[1], args.out, args)
+        with lock, partial.open("a") as stream:
+            stream.write(json.dumps(asdict(row)) + "\n")
+        return row
+
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-        rows = list(pool.map(lambda item: run_prompt(item[0], item[1], args.out, args), chosen))
+        rows = list(pool.map(run_and_record, chosen))
     wall = time.perf_counter() - started
 
     def fmt(value: float | None) -> str:
@@ -118,6 +155,8 @@ def main() -> None:
     record = {"bench": "quality", "preset": args.preset, "iters": args.iters, "device": args.device,
               "parallel": args.parallel, "wall_seconds": wall, "medians": medians, "rows": [asdict(row) for row in rows]}
     (args.out / "quality.json").write_text(json.dumps(record, indent=2))
+    if args.sheet is not None:
+        write_sheet([args.out / prompt_slug(prompt) for prompt, _ in chosen], args.sheet)
     print(json.dumps(record))
 
 

@@ -111,3 +111,23 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(TrainingError, match="not a readable checkpoint"):
         read_checkpoint(path)
+
+
+@pytest.mark.parametrize("textureless_probability", [0.0, 1.0])
+def test_textureless_steps_use_the_priors_textureless_embeddings(textureless_probability: float) -> None:
+    config = tiny_config(shading={"albedo_warmup_steps": 0, "shaded_probability": 1.0,
+                                  "textureless_probability": textureless_probability})
+    prior = _prior()
+    trainer = Trainer(config, prior, torch.device("cpu"))
+    marker = torch.full_like(trainer.embeddings.by_view["front"], 0.25)
+    trainer.embeddings.textureless_by_view = {label: marker for label in trainer.embeddings.by_view}
+    seen: list[torch.Tensor] = []
+    predict = prior.predict_noise
+
+    def recording(noisy: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        seen.append(embeddings[: noisy.shape[0] // 2])  # the conditional half of the CFG batch
+        return predict(noisy, timesteps, embeddings)
+
+    prior.predict_noise = recording  # type: ignore[method-assign]
+    trainer.train_step()
+    assert seen and torch.equal(seen[0][0], marker[0]) == (textureless_probability == 1.0)

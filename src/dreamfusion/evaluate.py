@@ -5,8 +5,13 @@ Two questions, answered against the procedural ground truth the embedded prior w
 * What does it look like? The scene is rendered from a fixed ring of cameras and the probe classifier
   (embedded/probe.py) names the object, colour and view it sees. The Janus rate counts back views that look
   like front views (the multi-faced failure of SDS).
-* Is it the right shape? The field's density on a 64^3 grid over [-1, 1]^3, thresholded, against the
-  procedural object's occupancy grid (IoU).
+* Is it the right shape? Which voxels of a 64^3 grid over [-1, 1]^3 the field fills, against the procedural
+  object's occupancy grid (IoU). A voxel is filled when it lies behind the field's half-transmittance point
+  seen along each of the six axis directions (optical depth > ln 2 from outside the grid to the voxel's
+  centre): the surface a render shows (where a ray's transmittance falls to one half), with no density
+  threshold to tune. SDS fields are soft (an opaque object may never exceed density 10 inside), so a fixed
+  density threshold would call a solid-looking object empty; a thin haze, on the other hand, stays
+  transparent and is not counted.
 
 Cameras: 16 azimuths (11.25 + 22.5 k degrees, so no camera sits on a front/side/back boundary and each ring
 holds 4 front, 8 side and 4 back views) at elevations 15 and 45 degrees (both below the 60 degrees where
@@ -109,24 +114,33 @@ class ProbeEvaluation:
 # ----- occupancy -------------------------------------------------------------------------------------
 
 
-def default_density_threshold(resolution: int = 64, bound: float = 1.0) -> float:
-    """ln 2 / voxel side: the density at which light crossing one grid voxel is half absorbed
-    (1 - exp(-sigma * voxel) = 1/2). About 21.8 for 64^3 over [-1, 1]^3; it does not depend on the renderer's
-    sample count, and a NeRF surface (densities in the hundreds) clears it while the thin haze does not."""
-    return math.log(2.0) / (2.0 * bound / (resolution - 1))
+HALF_TRANSMITTANCE_DEPTH = math.log(2.0)
+
+
+def hidden_voxels(density: Float[Tensor, "R R R"], voxel: float) -> Bool[Tensor, "R R R"]:
+    """Voxels whose optical depth from outside the grid to their centre exceeds ln 2 (transmittance below
+    one half) along all six axis directions."""
+    depth = density * voxel
+    hidden = torch.ones_like(density, dtype=torch.bool)
+    for axis in range(3):
+        from_low = depth.cumsum(axis) - depth / 2
+        from_high = depth.flip(axis).cumsum(axis).flip(axis) - depth / 2
+        hidden &= (from_low > HALF_TRANSMITTANCE_DEPTH) & (from_high > HALF_TRANSMITTANCE_DEPTH)
+    return hidden
 
 
 @torch.no_grad()
 def field_occupancy(
     field: NeRFField, resolution: int = 64, bound: float = 1.0, threshold: float | None = None, chunk: int = 1 << 18
 ) -> Bool[Tensor, "R R R"]:
-    """density > threshold on the same grid and axis order as ``procedural.occupancy_grid`` ([x, y, z],
-    ends included), on the CPU."""
-    threshold = default_density_threshold(resolution, bound) if threshold is None else threshold
+    """Filled voxels on the same grid and axis order as ``procedural.occupancy_grid`` ([x, y, z], ends
+    included), on the CPU: ``hidden_voxels`` (see the module docstring), or density > ``threshold`` if given."""
     device = next(field.parameters()).device
     points = grid_points(resolution, bound, device).reshape(-1, 3)
-    density = torch.cat([field.density(part) for part in points.split(chunk)])
-    return (density > threshold).reshape(resolution, resolution, resolution).cpu()
+    density = torch.cat([field.density(part) for part in points.split(chunk)]).reshape((resolution,) * 3).float().cpu()
+    if threshold is not None:
+        return density > threshold
+    return hidden_voxels(density, 2.0 * bound / (resolution - 1))
 
 
 def occupancy_iou(a: Bool[Tensor, "R R R"], b: Bool[Tensor, "R R R"]) -> float:
@@ -154,7 +168,7 @@ class Eval3DConfig:
     grid_resolution: int = 64
     grid_bound: float = 1.0
     density_threshold: float | None = None
-    """None: ``default_density_threshold(grid_resolution, grid_bound)``."""
+    """None: filled voxels are the hidden ones (see the module docstring); a number: density above it."""
     chunk: int = 8
     """Cameras per render call."""
 
@@ -192,9 +206,10 @@ class Eval3DResult:
     """False for kinds whose back looks like their front: ignore view accuracy and the Janus rate then."""
     probe: ProbeEvaluation
     occupancy_iou: float
-    density_threshold: float
+    density_threshold: float | None
+    """None: the hidden-voxel rule."""
     occupied_voxels: int
-    """Voxels of the field above the threshold (0 means the field is empty: the IoU is 0)."""
+    """Voxels the field fills (0 means the field is empty: the IoU is 0)."""
     true_voxels: int
     views: tuple[ViewRecord, ...]
     config: Eval3DConfig
@@ -215,7 +230,7 @@ class Eval3DResult:
             f"  view {pct(p.view_accuracy)}  Janus (back seen as front) {pct(p.janus_rate)}"
             + ("" if self.view_identifiable else f"  [views of a {self.kind} cannot be told apart: ignore these]"),
             f"  occupancy IoU {self.occupancy_iou:.3f} ({self.occupied_voxels} voxels vs {self.true_voxels} true,"
-            f" density > {self.density_threshold:.1f})",
+            + (" hidden from all axis directions)" if self.density_threshold is None else f" density > {self.density_threshold:.1f})"),
         ]
         return "\n".join(lines)
 
@@ -291,10 +306,7 @@ def evaluate_3d(
             view_correct=VIEW_LABELS[v] == cameras.view_labels[i],
         ))  # fmt: skip
 
-    threshold = (
-        default_density_threshold(config.grid_resolution, config.grid_bound)
-        if config.density_threshold is None else config.density_threshold
-    )  # fmt: skip
+    threshold = config.density_threshold
     occupied = field_occupancy(scene.field, config.grid_resolution, config.grid_bound, threshold)
     truth = occupancy_grid(kind, config.grid_resolution, config.grid_bound)
     return Eval3DResult(
@@ -317,7 +329,7 @@ def evaluate_run(
 
 
 __all__ = [
-    "Eval3DConfig", "Eval3DResult", "ProbeEvaluation", "ViewRecord", "default_density_threshold",
+    "Eval3DConfig", "Eval3DResult", "ProbeEvaluation", "ViewRecord", "hidden_voxels",
     "evaluate_3d", "evaluate_run", "evaluation_cameras", "field_occupancy", "janus_rate", "occupancy_iou",
     "parse_subject", "render_scene_views",
 ]  # fmt: skip

@@ -232,7 +232,7 @@ class Trainer:
         rgb = out.rgb.permute(0, 3, 1, 2)
         if rgb.shape[-1] != self.prior.resolution:
             rgb = F.interpolate(rgb, size=(self.prior.resolution,) * 2, mode="bilinear", align_corners=False)
-        conditional, unconditional = self.embeddings.for_views(cameras.view_labels)
+        conditional, unconditional = self.embeddings.for_views(cameras.view_labels, textureless=shading == "textureless")
         progress = step / max(trainer.iters - 1, 1)
         with self._autocast():
             latents = self.prior.encode_images(rgb)

@@ -51,6 +51,19 @@ def test_encode_prompt(tiny_weights: str) -> None:
         prior.encode_prompt("a red chair, front view")
 
 
+def test_textureless_renders_are_conditioned_without_the_colour(tiny_weights: str) -> None:
+    prior = EmbeddedPrior(EmbeddedPriorConfig(weights=tiny_weights))
+    red, blue, plain = (prior.encode_prompt(p) for p in ("a red chair", "a blue chair", "a chair"))
+    assert red.textureless_by_view is not None
+    for label in VIEW_LABELS:
+        assert torch.allclose(red.textureless_by_view[label], plain.by_view[label])
+        assert torch.allclose(red.textureless_by_view[label], blue.textureless_by_view[label])
+    textured, _ = red.for_views(("front", "back"))
+    textureless, _ = red.for_views(("front", "back"), textureless=True)
+    assert torch.allclose(textured, torch.cat((red.by_view["front"], red.by_view["back"])))
+    assert torch.allclose(textureless, torch.cat((plain.by_view["front"], plain.by_view["back"])))
+
+
 def test_images_noise_and_sds(tiny_weights: str) -> None:
     prior = EmbeddedPrior(EmbeddedPriorConfig(weights=tiny_weights))
     rgb = torch.rand(2, 3, 32, 32, requires_grad=True)

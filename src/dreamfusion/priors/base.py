@@ -25,17 +25,25 @@ class PromptEmbeddings:
 
     by_view: dict[ViewLabel, Tensor]
     unconditional: Tensor
+    textureless_by_view: dict[ViewLabel, Tensor] | None = None
+    """For textureless (white) renders, if the prior describes those differently; None: ``by_view``. The
+    embedded prior was trained with the colour word dropped from textureless renders' captions, so "a red
+    chair" drawn white is, to it, "a chair": conditioning a white render on "red" would push the geometry
+    to fake the colour with shading."""
 
-    def for_views(self, labels: tuple[ViewLabel, ...]) -> tuple[Tensor, Tensor]:
+    def for_views(self, labels: tuple[ViewLabel, ...], textureless: bool = False) -> tuple[Tensor, Tensor]:
         """Conditional and unconditional embeddings stacked along the batch for these views."""
-        conditional = torch.cat([self.by_view[label] for label in labels], dim=0)
+        by_view = self.textureless_by_view if textureless and self.textureless_by_view is not None else self.by_view
+        conditional = torch.cat([by_view[label] for label in labels], dim=0)
         unconditional = self.unconditional.expand(len(labels), *self.unconditional.shape[1:])
         return conditional, unconditional
 
     def to(self, device: torch.device | str) -> PromptEmbeddings:
+        textureless = self.textureless_by_view
         return PromptEmbeddings(
             by_view={label: emb.to(device) for label, emb in self.by_view.items()},
             unconditional=self.unconditional.to(device),
+            textureless_by_view=None if textureless is None else {label: emb.to(device) for label, emb in textureless.items()},
         )
 
 

@@ -109,8 +109,11 @@ class EmbeddedPrior:
             return self.model.encode_text(ids).float()
 
     def encode_prompt(self, prompt: str, negative_prompt: str = "") -> PromptEmbeddings:
-        """One embedding per view ("a red chair, front view", ...) and the empty (or negative) caption."""
-        from dreamfusion.embedded.vocabulary import has_view, normalize_prompt, tokenize, unconditional_tokens
+        """One embedding per view ("a red chair, front view", ...), the same without the colour for
+        textureless renders ("a chair, front view"), and the empty (or negative) caption."""
+        from dreamfusion.embedded.vocabulary import (
+            PAD_ID, SLOT_COLOUR, has_view, normalize_prompt, tokenize, unconditional_tokens,
+        )
 
         text = normalize_prompt(prompt)
         if has_view(text):
@@ -119,12 +122,15 @@ class EmbeddedPrior:
                 "', front view', ', side view', ... itself for each camera"
             )
         tokens = [tokenize(text + view_suffix(label)) for label in VIEW_LABELS]
+        colourless = [[PAD_ID if slot == SLOT_COLOUR else token for slot, token in enumerate(ids)] for ids in tokens]
         negative = negative_prompt.strip()
-        tokens.append(tokenize(negative, require_object=False) if negative else unconditional_tokens())
-        embedded = self._embed(tokens)
+        unconditional = tokenize(negative, require_object=False) if negative else unconditional_tokens()
+        embedded = self._embed(tokens + colourless + [unconditional])
+        views = len(VIEW_LABELS)
         return PromptEmbeddings(
             by_view={label: embedded[i : i + 1] for i, label in enumerate(VIEW_LABELS)},
             unconditional=embedded[-1:],
+            textureless_by_view={label: embedded[views + i : views + i + 1] for i, label in enumerate(VIEW_LABELS)},
         )
 
     def encode_images(self, rgb: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B 3 64 64"]:
