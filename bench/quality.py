@@ -22,6 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from dreamfusion.evaluate import HeadlineScores, evaluate_run
+
 PROMPTS: tuple[tuple[str, bool], ...] = (
     ("a blue chair", True),
     ("a green car", True),
@@ -46,16 +48,10 @@ class PromptRow:
     seconds: float
     ok: bool
     error: str = ""
-    object_accuracy: float | None = None
-    colour_accuracy: float | None = None
-    object_colour_accuracy: float | None = None
-    view_accuracy: float | None = None
-    janus_rate: float | None = None
-    occupancy_iou: float | None = None
+    scores: HeadlineScores | None = None
 
 
 def run_prompt(prompt: str, held_out: bool, out_dir: Path, args: argparse.Namespace) -> PromptRow:
-    from dreamfusion.evaluate import evaluate_run
     from dreamfusion.run import prompt_slug
 
     run_dir = out_dir / prompt_slug(prompt)
@@ -70,13 +66,7 @@ def run_prompt(prompt: str, held_out: bool, out_dir: Path, args: argparse.Namesp
         return PromptRow(prompt, held_out, seconds, ok=False, error=finished.stderr.strip().splitlines()[-1:][0] if finished.stderr.strip() else "failed")
     result = evaluate_run(run_dir, args.device)
     (run_dir / "eval.json").write_text(result.to_json())
-    probe = result.probe
-    return PromptRow(
-        prompt, held_out, seconds, ok=True,
-        object_accuracy=probe.object_accuracy, colour_accuracy=probe.colour_accuracy,
-        object_colour_accuracy=probe.object_colour_accuracy, view_accuracy=probe.view_accuracy,
-        janus_rate=probe.janus_rate, occupancy_iou=result.occupancy_iou,
-    )
+    return PromptRow(prompt, held_out, seconds, ok=True, scores=result.headline())
 
 
 def write_sheet(run_dirs: list[Path], path: Path) -> None:
@@ -102,7 +92,9 @@ def write_sheet(run_dirs: list[Path], path: Path) -> None:
 
 
 def median(rows: list[PromptRow], name: str) -> float | None:
-    values = [getattr(row, name) for row in rows if row.ok and getattr(row, name) is not None]
+    """Median over the finished rows of a score, or of ``seconds``."""
+    values = [getattr(row if name == "seconds" else row.scores, name) for row in rows if row.scores is not None]
+    values = [value for value in values if value is not None]
     return statistics.median(values) if values else None
 
 
@@ -143,11 +135,12 @@ def main() -> None:
     print(f"\n3D quality: preset={args.preset} iters={args.iters or 'preset'} device={args.device} parallel={args.parallel}")
     print(f"{'prompt':<20}{'held':>5}{'obj':>7}{'col':>7}{'both':>7}{'view':>7}{'janus':>7}{'IoU':>7}{'sec':>7}")
     for row in rows:
-        if not row.ok:
+        s = row.scores
+        if s is None:
             print(f"{row.prompt:<20}{'yes' if row.held_out else '':>5}  FAILED: {row.error}")
             continue
-        print(f"{row.prompt:<20}{'yes' if row.held_out else '':>5}{fmt(row.object_accuracy)} {fmt(row.colour_accuracy)}"
-              f"{fmt(row.object_colour_accuracy)} {fmt(row.view_accuracy)}{fmt(row.janus_rate)} {fmt(row.occupancy_iou)}"
+        print(f"{row.prompt:<20}{'yes' if row.held_out else '':>5}{fmt(s.object_accuracy)} {fmt(s.colour_accuracy)}"
+              f"{fmt(s.object_colour_accuracy)} {fmt(s.view_accuracy)}{fmt(s.janus_rate)} {fmt(s.occupancy_iou)}"
               f"{row.seconds:7.0f}")
     names = ("object_accuracy", "colour_accuracy", "object_colour_accuracy", "view_accuracy", "janus_rate", "occupancy_iou", "seconds")
     medians = {name: median(rows, name) for name in names}

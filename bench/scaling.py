@@ -27,6 +27,7 @@ import torch
 import yaml
 
 from dreamfusion.distributed import torchrun_command
+from dreamfusion.evaluate import HeadlineScores, evaluate_run
 from dreamfusion.run import prompt_slug
 
 
@@ -41,12 +42,7 @@ class Row:
     wall_seconds: float = 0.0
     views_per_s: float | None = None
     error: str = ""
-    object_accuracy: float | None = None
-    colour_accuracy: float | None = None
-    object_colour_accuracy: float | None = None
-    view_accuracy: float | None = None
-    janus_rate: float | None = None
-    occupancy_iou: float | None = None
+    scores: HeadlineScores | None = None
 
 
 def generate(
@@ -110,8 +106,6 @@ def main() -> None:
     visible = torch.cuda.device_count() if on_cuda else None
     eval_device = "cuda" if on_cuda else "cpu"
 
-    from dreamfusion.evaluate import evaluate_run
-
     rows: list[Row] = []
     for gpus in args.gpus:
         if visible is not None and gpus > visible:
@@ -129,10 +123,7 @@ def main() -> None:
                 row.views_per_s = steps * gpus / row.train_seconds if row.train_seconds else None
                 result = evaluate_run(run_dir, eval_device)
                 (run_dir / "eval.json").write_text(result.to_json())
-                probe = result.probe
-                row.object_accuracy, row.colour_accuracy = probe.object_accuracy, probe.colour_accuracy
-                row.object_colour_accuracy, row.view_accuracy = probe.object_colour_accuracy, probe.view_accuracy
-                row.janus_rate, row.occupancy_iou = probe.janus_rate, result.occupancy_iou
+                row.scores = result.headline()
             rows.append(row)
             record = {"bench": "scaling", "minutes": args.minutes, "preset": args.preset, "prior": args.prior,
                       "device": args.device, "rows": [asdict(r) for r in rows]}  # fmt: skip
@@ -146,12 +137,13 @@ def main() -> None:
           f"{'obj':>7}{'col':>7}{'both':>7}{'view':>7}{'janus':>7}{'IoU':>7}")  # fmt: skip
     for r in rows:
         head = f"{r.gpus:>4} {r.prompt:<18}{r.calibrated_it_per_s:7.2f}"
-        if not r.ok:
+        s = r.scores
+        if s is None:
             print(f"{head}  FAILED: {r.error}")
             continue
-        print(f"{head}{r.steps:7d}{fmt(r.train_seconds, 8, 1)}{fmt(r.views_per_s, 8, 1)}{fmt(r.object_accuracy)}"
-              f"{fmt(r.colour_accuracy)}{fmt(r.object_colour_accuracy)}{fmt(r.view_accuracy)}{fmt(r.janus_rate)}"
-              f"{fmt(r.occupancy_iou)}")  # fmt: skip
+        print(f"{head}{r.steps:7d}{fmt(r.train_seconds, 8, 1)}{fmt(r.views_per_s, 8, 1)}{fmt(s.object_accuracy)}"
+              f"{fmt(s.colour_accuracy)}{fmt(s.object_colour_accuracy)}{fmt(s.view_accuracy)}{fmt(s.janus_rate)}"
+              f"{fmt(s.occupancy_iou)}")  # fmt: skip
     print(f"results: {args.out}")
 
 

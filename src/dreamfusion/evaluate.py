@@ -198,6 +198,18 @@ class ViewRecord:
 
 
 @dataclass(frozen=True)
+class HeadlineScores:
+    """The figures a benchmark table shows for one result (see ``Eval3DResult``)."""
+
+    object_accuracy: float
+    colour_accuracy: float | None
+    object_colour_accuracy: float | None
+    view_accuracy: float
+    janus_rate: float | None
+    occupancy_iou: float
+
+
+@dataclass(frozen=True)
 class Eval3DResult:
     prompt: str
     kind: str
@@ -216,6 +228,11 @@ class Eval3DResult:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
+
+    def headline(self) -> HeadlineScores:
+        p = self.probe
+        return HeadlineScores(p.object_accuracy, p.colour_accuracy, p.object_colour_accuracy, p.view_accuracy,
+                              p.janus_rate, self.occupancy_iou)
 
     def summary(self) -> str:
         """A few human-readable lines."""
@@ -329,7 +346,7 @@ def evaluate_run(
 
 
 __all__ = [
-    "Eval3DConfig", "Eval3DResult", "ProbeEvaluation", "ViewRecord", "hidden_voxels",
+    "Eval3DConfig", "Eval3DResult", "HeadlineScores", "ProbeEvaluation", "ViewRecord", "hidden_voxels",
     "evaluate_3d", "evaluate_run", "evaluation_cameras", "field_occupancy", "janus_rate", "occupancy_iou",
     "parse_subject", "render_scene_views",
 ]  # fmt: skip
