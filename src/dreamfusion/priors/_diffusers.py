@@ -17,6 +17,7 @@ from torch import Tensor
 
 from dreamfusion.cameras import VIEW_LABELS
 from dreamfusion.priors.base import PriorError, PromptEmbeddings, view_prompts
+from dreamfusion.priors.cuda_graph import GraphedForward
 
 INSTALL_HINT = "pip install 'dreamfusion[diffusers]'"
 PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -179,7 +180,30 @@ class DiffusersPrior:
     """What the Stable Diffusion and IF priors do alike once their modules are loaded: cached prompt
     embeddings, freeing the text encoder, and the U-Net's epsilon prediction. Subclasses set ``config``,
     ``device``, ``dtype``, ``unet``, ``prediction_type``, ``_alphas_cumprod``, ``_embeddings``,
-    ``_unet_forward`` and the text-encoder attributes."""
+    ``_unet_forward`` and the text-encoder attributes (``_setup_unet_and_text`` sets most of them)."""
+
+    def _setup_unet_and_text(self, unet: Any) -> None:
+        """The frozen U-Net with its speed options, the guidance and Perp-Neg settings, and an empty prompt
+        cache; ``config``, ``device`` and ``dtype`` must be set."""
+        config = self.config
+        self.unet = load_frozen(unet, self.device, self.dtype)
+        if config.channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+        self.default_guidance_scale = config.guidance_scale
+        self.sampling_guidance_scale = config.sampling_guidance_scale
+        self.perp_neg = config.perp_neg
+        self.perp_neg_weights = config.perp_neg_weights
+
+        self._unet_forward: Any = self._plain_unet_forward
+        if config.compile_unet:
+            self._compiled_unet = torch.compile(self.unet)
+            self._unet_forward = self._compiled_forward
+        if config.cuda_graph and self.device.type == "cuda":
+            self._unet_forward = GraphedForward(self._unet_forward)
+
+        self._text_encoder: Any = None
+        self._tokenizer: Any = None
+        self._embeddings = EmbeddingCache(self._embed_texts)
 
     def release_text_encoder(self) -> None:
         """Free the text encoder and tokenizer (cached embeddings stay; an uncached prompt reloads them)."""

@@ -31,11 +31,11 @@ class GraphedForward:
         self.eager_fallback = False
 
     def __call__(self, sample: Tensor, timesteps: Tensor, context: Tensor) -> Tensor:
+        if self.eager_fallback:
+            return self.forward(sample, timesteps, context)
         # Autocast changes which kernels run, so a graph captured under it only replays under the same state.
         autocast = (torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
         key = (autocast, *((tuple(t.shape), t.dtype) for t in (sample, timesteps, context)))
-        if self.eager_fallback:
-            return self.forward(sample, timesteps, context)
         if key not in self._graphs:
             try:
                 self._graphs[key] = self._capture(sample, timesteps, context)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,6 @@ from jaxtyping import Float
 from torch import Tensor
 
 from dreamfusion.priors import _diffusers as shared
-from dreamfusion.priors.cuda_graph import GraphedForward
 
 if TYPE_CHECKING:
     from dreamfusion.priors import PriorConfig
@@ -68,27 +67,10 @@ class DeepFloydIFPrior(shared.DiffusersPrior):
         self._alphas_cumprod_cpu, self.prediction_type = shared.scheduler_alphas_cumprod(self.path)
         self._alphas_cumprod = self._alphas_cumprod_cpu.to(self.device)
         unet = shared.load_component(diffusers.UNet2DConditionModel.from_pretrained, self.path, "unet", "U-Net", torch_dtype=self.dtype)
-        self.unet = shared.load_frozen(unet, self.device, self.dtype)
-        if config.channels_last:
-            self.unet.to(memory_format=torch.channels_last)
+        self._setup_unet_and_text(unet)
         side = int(self.unet.config.sample_size)
         self.resolution = side
         self.latent_shape = (3, side, side)
-        self.default_guidance_scale = config.guidance_scale
-        self.sampling_guidance_scale = config.sampling_guidance_scale
-        self.perp_neg = config.perp_neg
-        self.perp_neg_weights = config.perp_neg_weights
-
-        self._unet_forward: Any = self._plain_unet_forward
-        if config.compile_unet:
-            self._compiled_unet = torch.compile(self.unet)
-            self._unet_forward = self._compiled_forward
-        if config.cuda_graph and self.device.type == "cuda":
-            self._unet_forward = GraphedForward(self._unet_forward)
-
-        self._text_encoder: Any = None
-        self._tokenizer: Any = None
-        self._embeddings = shared.EmbeddingCache(self._embed_texts)
 
     # -- text ------------------------------------------------------------------------------------
     def _load_text_encoder(self) -> None:

@@ -36,7 +36,6 @@ from torch import Tensor
 
 from dreamfusion.priors import _diffusers as shared
 from dreamfusion.priors.base import PriorError
-from dreamfusion.priors.cuda_graph import GraphedForward
 
 if TYPE_CHECKING:
     from dreamfusion.priors import PriorConfig
@@ -123,10 +122,9 @@ class StableDiffusionPrior(shared.DiffusersPrior):
         config = self.config
         self._alphas_cumprod = alphas_cumprod.to(self.device)
         self.prediction_type = prediction_type
-        self.unet = shared.load_frozen(unet, self.device, self.dtype)
+        self._setup_unet_and_text(unet)
         self.vae = shared.load_frozen(vae, self.device, self.dtype)
         if config.channels_last:
-            self.unet.to(memory_format=torch.channels_last)
             self.vae.to(memory_format=torch.channels_last)
         if config.vae_slicing:
             self.vae.enable_slicing()
@@ -138,22 +136,7 @@ class StableDiffusionPrior(shared.DiffusersPrior):
         side = self.vae_resolution // self.vae_scale
         self.resolution = config.resolution
         self.latent_shape = (int(self.unet.config.in_channels), side, side)
-        self.default_guidance_scale = config.guidance_scale
-        self.sampling_guidance_scale = config.sampling_guidance_scale
-        self.perp_neg = config.perp_neg
-        self.perp_neg_weights = config.perp_neg_weights
-
-        self._unet_forward: Any = self._plain_unet_forward
-        if config.compile_unet:
-            self._compiled_unet = torch.compile(self.unet)
-            self._unet_forward = self._compiled_forward
-        if config.cuda_graph and self.device.type == "cuda":
-            self._unet_forward = GraphedForward(self._unet_forward)
         self._encode_latents: Any = torch.compile(self._posterior_latents) if config.compile_vae else self._posterior_latents
-
-        self._text_encoder: Any = None
-        self._tokenizer: Any = None
-        self._embeddings = shared.EmbeddingCache(self._embed_texts)
 
     # -- text ------------------------------------------------------------------------------------
     def _load_text_encoder(self) -> None:
