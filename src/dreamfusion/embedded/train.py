@@ -14,11 +14,11 @@ caption tokens from the dataset's integer labels on the device instead of tokeni
 
 Training choices (see schedule.py for the parameterization): v-prediction with the min-SNR-5 weight, uniform
 timesteps, 10% caption dropout for classifier-free guidance, plus dropping just the colour (5%) or just the view
-(10%) so "a chair" and "a red chair" without a view are in-distribution too. Textureless renders keep
-their colour word, as the procedural data intends (the NeRF's textureless renders are scored under the same
-prompt, so the guidance difference on them should be about shape, not colour); guided sampling still draws
-coloured objects, since CFG suppresses images that say nothing about the colour. ``colourless_shading``
-switches to the alternative (textureless captions lose the colour word). Learning rate: linear warm-up,
+(10%) so "a chair" and "a red chair" without a view are in-distribution too. Textureless renders lose
+their colour word ("a chair, side view"): a white render says nothing about the colour, and the NeRF trainer
+scores its textureless renders under the colourless prompt too. Captioning them with the colour taught the
+model that "a red chair" may be white, which both weakened colour in samples and let SDS fake colour with
+shading. Learning rate: linear warm-up,
 then cosine decay to ``final_lr_fraction`` over the budget (steps or minutes, whichever ends first). EMA
 weights are exported: at this training length they sample better than the raw weights.
 """
@@ -78,8 +78,8 @@ class TrainPriorConfig:
     """Caption dropout to the unconditional caption (classifier-free guidance)."""
     p_drop_colour: float = 0.05
     p_drop_view: float = 0.1
-    colourless_shading: tuple[str, ...] = ()
-    """Shading modes whose renders lose the colour word, e.g. ("textureless",); none by default."""
+    colourless_shading: tuple[str, ...] = ("textureless",)
+    """Shading modes whose renders lose the colour word in their captions."""
     min_snr_gamma: float = 5.0
     minutes: float | None = 9.0
     """Wall-clock budget for the whole run, resumed parts included; None for no time limit."""

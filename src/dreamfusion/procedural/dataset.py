@@ -6,9 +6,9 @@ the trainer renders the NeRF: the same camera sampler, view labels, shading form
 probabilities (albedo / lambertian / textureless after the albedo warm-up), over a random solid or smooth
 environment background.
 
-Textureless images keep the caption's colour word ("a red chair, side view" rendered white-shaded): the
-trainer renders textureless views under the same prompt, so the prior must learn that a white-shaded
-object is compatible with any colour word for SDS to give useful gradients.
+Captions and labels name the object's colour for every shading mode, textureless included (the labels
+say what was drawn); the prior's training decides which captions keep the colour word
+(``TrainPriorConfig.colourless_shading``).
 """
 
 from __future__ import annotations
