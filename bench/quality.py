@@ -1,7 +1,8 @@
 """3D quality of the embedded prior end to end: `generate` then `eval-3d` on 12 prompts, one per object kind
 (varied colours, 3 of them held-out colour x object pairs the prior never saw), with medians.
 
-    python bench/quality.py OUT_DIR [--device cuda] [--preset default] [--iters N] [--parallel K] [--prompts N] [--sheet PNG]
+    python bench/quality.py OUT_DIR [--device cuda] [--preset default] [--iters N] [--config YAML] [--parallel K]
+                            [--prompts N] [--sheet PNG]
 
 Each run lands in OUT_DIR/<slug>/; the table is printed and OUT_DIR/quality.json holds every figure.
 ``--sheet`` also writes one image with a row per prompt (first turntable frame, then the 8-view preview).
@@ -59,6 +60,8 @@ def run_prompt(prompt: str, held_out: bool, out_dir: Path, args: argparse.Namesp
                "--device", args.device, "--preset", args.preset, "--seed", str(args.seed)]
     if args.iters:
         command += ["--iters", str(args.iters)]
+    if args.config:
+        command += ["--config", str(args.config)]
     started = time.perf_counter()
     finished = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - started
@@ -107,6 +110,7 @@ def main() -> None:
     parser.add_argument("--preset", default="default")
     parser.add_argument("--iters", type=int, default=None, help="override the preset's iterations")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--config", type=Path, default=None, help="YAML of config overrides for every run")
     parser.add_argument("--parallel", type=int, default=1)
     parser.add_argument("--prompts", type=int, default=len(PROMPTS), help="run only the first N prompts")
     parser.add_argument("--sheet", type=Path, default=None, help="write a contact sheet of every run here (PNG)")

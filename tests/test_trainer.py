@@ -113,11 +113,14 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
         read_checkpoint(path)
 
 
+@pytest.mark.parametrize("perp_neg", [False, True])
 @pytest.mark.parametrize("textureless_probability", [0.0, 1.0])
-def test_textureless_steps_use_the_priors_textureless_embeddings(textureless_probability: float) -> None:
+def test_textureless_steps_use_the_priors_textureless_embeddings(textureless_probability: float, perp_neg: bool) -> None:
     config = tiny_config(shading={"albedo_warmup_steps": 0, "shaded_probability": 1.0,
                                   "textureless_probability": textureless_probability})
     prior = _prior()
+    if perp_neg:
+        prior.perp_neg, prior.perp_neg_weights = True, (2.0, 1.0, 1.0)  # type: ignore[attr-defined]
     trainer = Trainer(config, prior, torch.device("cpu"))
     marker = torch.full_like(trainer.embeddings.by_view["front"], 0.25)
     trainer.embeddings.textureless_by_view = {label: marker for label in trainer.embeddings.by_view}
@@ -125,9 +128,13 @@ def test_textureless_steps_use_the_priors_textureless_embeddings(textureless_pro
     predict = prior.predict_noise
 
     def recording(noisy: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-        seen.append(embeddings[: noisy.shape[0] // 2])  # the conditional half of the CFG batch
+        seen.extend(embeddings)
         return predict(noisy, timesteps, embeddings)
 
     prior.predict_noise = recording  # type: ignore[method-assign]
     trainer.train_step()
-    assert seen and torch.equal(seen[0][0], marker[0]) == (textureless_probability == 1.0)
+    # Every prompt but the unconditional one (the positive and, with Perp-Neg, the other views' negatives)
+    # comes from the textureless table exactly on textureless steps.
+    prompts = [row for row in seen if not torch.equal(row, trainer.embeddings.unconditional[0])]
+    assert len(prompts) >= (3 if perp_neg else 1)
+    assert [torch.equal(row, marker[0]) for row in prompts] == [textureless_probability == 1.0] * len(prompts)

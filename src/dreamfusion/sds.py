@@ -236,11 +236,13 @@ def perp_neg_score_distillation(
     weighting: Weighting,
     generator: torch.Generator,
     max_weights: tuple[float, float, float] = (2.0, 1.0, 1.0),
+    textureless: bool = False,
 ) -> SDSOutput:
     """``score_distillation`` with Perp-Neg guidance: the other views' prompts are negatives (see ``perp_neg_weights``).
 
     Draws timesteps and noise exactly as ``score_distillation`` does (same generator calls), so with all
     weights 0 the two give the same result. Negatives whose weight is 0 for the whole batch are not evaluated.
+    ``textureless``: positives and negatives both come from the prompts for textureless renders.
     """
     alphas_cumprod = prior.alphas_cumprod
     batch = latents.shape[0]
@@ -249,8 +251,9 @@ def perp_neg_score_distillation(
     timesteps_device = timesteps.to(latents.device)
     weights = perp_neg_weights(view_labels, azimuth_deg, max_weights).to(latents.device)
     used = [k for k in range(len(PERP_NEG_VIEWS)) if bool((weights[k] != 0).any())]
-    conditional, unconditional = embeddings.for_views(view_labels)  # type: ignore[arg-type]
-    negatives = [embeddings.by_view[PERP_NEG_VIEWS[k]].expand(batch, *conditional.shape[1:]) for k in used]  # type: ignore[index]
+    conditional, unconditional = embeddings.for_views(view_labels, textureless)  # type: ignore[arg-type]
+    by_view = embeddings.views(textureless)
+    negatives = [by_view[PERP_NEG_VIEWS[k]].expand(batch, *conditional.shape[1:]) for k in used]  # type: ignore[index]
     context = torch.cat((conditional, unconditional, *negatives)).to(latents.device)
     copies = 2 + len(used)
     with torch.no_grad():

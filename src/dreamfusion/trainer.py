@@ -249,6 +249,7 @@ class Trainer:
                     config.guidance.weighting,
                     self.rng.host,
                     max_weights=self.prior.perp_neg_weights,  # type: ignore[attr-defined]
+                    textureless=shading == "textureless",
                 )
             else:
                 sds = score_distillation(

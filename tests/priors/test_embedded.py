@@ -106,3 +106,29 @@ def test_registry_builds_from_a_file_or_its_folder(tiny_weights: str) -> None:
     for model in (tiny_weights, str(Path(tiny_weights).parent)):
         prior = build_prior(PriorConfig(name="embedded", model=model), torch.device("cpu"))
         assert isinstance(prior, EmbeddedPrior) and prior.path == Path(tiny_weights)
+
+
+def test_perp_neg_from_the_registry_and_on_textureless_renders() -> None:
+    from dreamfusion.priors import PriorConfig, build_prior
+    from dreamfusion.priors.base import PromptEmbeddings
+    from dreamfusion.sds import perp_neg_score_distillation
+
+    if not SHIPPED_WEIGHTS.is_file():
+        pytest.skip("shipped weights not present (a randomly initialized model ignores the text)")
+    prior = build_prior(PriorConfig(name="embedded", perp_neg=True), torch.device("cpu"))
+    assert prior.perp_neg and prior.perp_neg_weights == (2.0, 1.0, 1.0)
+    with pytest.raises(PriorError, match="Perp-Neg"):
+        build_prior(PriorConfig(name="analytic", perp_neg=True), torch.device("cpu"))
+
+    red = prior.encode_prompt("a red chair")
+    colourless = PromptEmbeddings(by_view=red.textureless_by_view, unconditional=red.unconditional)
+    latents = torch.rand(2, 3, 64, 64) * 2 - 1
+    labels, azimuth = ("side", "back"), torch.tensor([90.0, 180.0])
+
+    def perp(embeddings: PromptEmbeddings, textureless: bool) -> torch.Tensor:
+        return perp_neg_score_distillation(prior, latents, embeddings, labels, azimuth, 30.0, (0.02, 0.98), "sds",
+                                           torch.Generator().manual_seed(0), textureless=textureless).gradient
+
+    # Textureless: positives and negatives are the colourless prompts, nothing of the coloured ones.
+    torch.testing.assert_close(perp(red, textureless=True), perp(colourless, textureless=False))
+    assert (perp(red, textureless=True) - perp(red, textureless=False)).abs().max() > 1e-6

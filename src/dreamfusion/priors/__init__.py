@@ -37,7 +37,8 @@ class PriorConfig:
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     """Dtype of the prior's weights; "auto" is fp32 on CPU and the prior's preference on CUDA."""
     perp_neg: bool = False
-    """sd / if: Perp-Neg guidance, the other views' prompts as negatives, against multi-face (Janus) objects."""
+    """Perp-Neg guidance, the other views' prompts as negatives: against multi-face (Janus) objects and
+    objects turned away from the front (not for "analytic", which has no view prompts)."""
     vae_resolution: int | None = None
     """sd: side of the image the VAE encodes (None: the model's own, 512 for SD 1.5 / 2.1-base)."""
     cuda_graph: bool = True
@@ -55,8 +56,8 @@ def build_prior(config: PriorConfig, device: torch.device) -> DiffusionPrior:
     """Load the prior named in ``config`` on ``device``. Raises PriorError with a user-facing message."""
     if config.name not in _REGISTRY:
         raise PriorError(f"unknown prior {config.name!r}; choose one of: {', '.join(PRIOR_NAMES)}")
-    if config.perp_neg and config.name not in ("sd", "if"):
-        raise PriorError(f"Perp-Neg guidance is available with --prior sd and --prior if, not {config.name!r}")
+    if config.perp_neg and config.name not in ("embedded", "sd", "if"):
+        raise PriorError(f"Perp-Neg guidance needs a prior with view prompts (embedded, sd, if), not {config.name!r}")
     module_name, builder, _ = _REGISTRY[config.name]
     try:
         module = importlib.import_module(module_name)

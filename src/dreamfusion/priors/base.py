@@ -31,9 +31,13 @@ class PromptEmbeddings:
     chair" drawn white is, to it, "a chair": conditioning a white render on "red" would push the geometry
     to fake the colour with shading."""
 
+    def views(self, textureless: bool = False) -> dict[ViewLabel, Tensor]:
+        """The per-view embeddings for renders of this kind (textureless falls back to ``by_view``)."""
+        return self.textureless_by_view if textureless and self.textureless_by_view is not None else self.by_view
+
     def for_views(self, labels: tuple[ViewLabel, ...], textureless: bool = False) -> tuple[Tensor, Tensor]:
         """Conditional and unconditional embeddings stacked along the batch for these views."""
-        by_view = self.textureless_by_view if textureless and self.textureless_by_view is not None else self.by_view
+        by_view = self.views(textureless)
         conditional = torch.cat([by_view[label] for label in labels], dim=0)
         unconditional = self.unconditional.expand(len(labels), *self.unconditional.shape[1:])
         return conditional, unconditional

@@ -49,6 +49,10 @@ class EmbeddedPriorConfig:
     cuda_graph: bool = True
     """On CUDA devices, replay the network's forward from a CUDA graph (at 64x64 and batch 2 it is bound by
     kernel launches)."""
+    perp_neg: bool = False
+    """Perp-Neg guidance (``dreamfusion.sds.perp_neg_score_distillation``): the other views' prompts as negatives."""
+    perp_neg_weights: tuple[float, float, float] = (2.0, 1.0, 1.0)
+    """Largest Perp-Neg weight of the front, side and back negative prompts."""
 
     def weights_path(self) -> Path:
         """The weights file; a folder stands for the prior.safetensors in it (e.g. a training output folder)."""
@@ -78,6 +82,8 @@ class EmbeddedPrior:
         self.path = path
         self.device = torch.device(device)
         self.dtype = _DTYPES[config.dtype]
+        self.perp_neg = config.perp_neg
+        self.perp_neg_weights = config.perp_neg_weights
         self._model = None
         self._alphas_cumprod: Tensor | None = None
         self._forward: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None
@@ -163,5 +169,8 @@ _PRECISIONS = {"auto": "float32", "fp32": "float32", "fp16": "float16", "bf16": 
 def build(config: PriorConfig, device: torch.device) -> EmbeddedPrior:
     """Registry entry point: ``config.model`` is a weights file or a training output folder (None: shipped)."""
     return EmbeddedPrior(
-        EmbeddedPriorConfig(weights=config.model, dtype=_PRECISIONS[config.precision], cuda_graph=config.cuda_graph), device
+        EmbeddedPriorConfig(
+            weights=config.model, dtype=_PRECISIONS[config.precision], cuda_graph=config.cuda_graph, perp_neg=config.perp_neg
+        ),
+        device,
     )
