@@ -137,7 +137,13 @@ def test_help_explains_every_option() -> None:
         assert option in result.output
 
 
-def test_out_of_vocabulary_prompt_with_the_embedded_prior(tmp_path: Path) -> None:
+def test_out_of_vocabulary_prompt_with_the_embedded_prior(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dreamfusion.run
+
+    def must_not_start(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the run started before the prompt was checked")
+
+    monkeypatch.setattr(dreamfusion.run, "generate", must_not_start)
     result = _run("generate", "a purple spaceship", "--out", str(tmp_path / "run"), "--device", "cpu")
     _assert_user_error(result, "does not know the word 'spaceship'", "chair", "red", "--prior sd")
     assert not (tmp_path / "run").exists()

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from dreamfusion.priors import PRIOR_NAMES, PriorError
+from dreamfusion.priors import PRIOR_NAMES, PriorError, check_prompt
 
 app = typer.Typer(
     add_completion=False,
@@ -108,6 +108,7 @@ def generate(
     if guidance_scale is not None:
         overrides["guidance"] = {"guidance_scale": guidance_scale}
     run_config = build_config(preset, config, overrides)
+    check_prompt(run_config.prior, prompt)
     run_dir = out if out is not None else Path("outputs") / prompt_slug(prompt)
     if _relaunch_under_torchrun(gpus, lambda: check_run_dir(run_dir, resume, overwrite)):
         return

@@ -36,9 +36,10 @@ class PriorConfig:
     shipped weights for "embedded"; required for "sd" and "if"."""
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     """Dtype of the prior's weights; "auto" is fp32 on CPU and the prior's preference on CUDA."""
-    perp_neg: bool = False
-    """Perp-Neg guidance, the other views' prompts as negatives: against multi-face (Janus) objects and
-    objects turned away from the front (not for "analytic", which has no view prompts)."""
+    perp_neg: bool | None = None
+    """Perp-Neg guidance, the other views' prompts as negatives, against multi-face (Janus) objects and
+    objects turned away from the front. None: the prior's own default (on for "embedded", off for "sd" and
+    "if"); "analytic" has no view prompts."""
     vae_resolution: int | None = None
     """sd: side of the image the VAE encodes (None: the model's own, 512 for SD 1.5 / 2.1-base)."""
     cuda_graph: bool = True
@@ -68,6 +69,15 @@ def build_prior(config: PriorConfig, device: torch.device) -> DiffusionPrior:
             f"prior {config.name!r} needs the package {error.name!r}: pip install 'dreamfusion[diffusers]'"
         ) from None
     return getattr(module, builder)(config, device)
+
+
+def check_prompt(config: PriorConfig, prompt: str) -> None:
+    """Refuse, before anything loads or runs, a prompt the prior cannot read (only "embedded" has a closed
+    vocabulary; the others read any text)."""
+    if config.name == "embedded":
+        from dreamfusion.priors.embedded import check_prompt as check_embedded_prompt
+
+        check_embedded_prompt(prompt)
 
 
 def describe_priors() -> str:
