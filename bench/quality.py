@@ -137,7 +137,7 @@ def main() -> None:
         return "   n/a" if value is None else f"{value:6.2f}"
 
     print(f"\n3D quality: preset={args.preset} iters={args.iters or 'preset'} device={args.device} parallel={args.parallel}")
-    print(f"{'prompt':<20}{'held':>5}{'obj':>7}{'col':>7}{'both':>7}{'view':>7}{'janus':>7}{'IoU':>7}{'sec':>7}")
+    print(f"{'prompt':<20}{'held':>5}{'obj':>7}{'col':>7}{'both':>7}{'view':>7}{'janus':>7}{'IoU':>7}{'IoU*':>7}{'sec':>7}")
     for row in rows:
         s = row.scores
         if s is None:
@@ -145,8 +145,9 @@ def main() -> None:
             continue
         print(f"{row.prompt:<20}{'yes' if row.held_out else '':>5}{fmt(s.object_accuracy)} {fmt(s.colour_accuracy)}"
               f"{fmt(s.object_colour_accuracy)} {fmt(s.view_accuracy)}{fmt(s.janus_rate)} {fmt(s.occupancy_iou)}"
-              f"{row.seconds:7.0f}")
-    names = ("object_accuracy", "colour_accuracy", "object_colour_accuracy", "view_accuracy", "janus_rate", "occupancy_iou", "seconds")
+              f" {fmt(s.best_turn_iou)}{row.seconds:7.0f}")
+    names = ("object_accuracy", "colour_accuracy", "object_colour_accuracy", "view_accuracy", "janus_rate", "occupancy_iou", "best_turn_iou",
+             "seconds")
     medians = {name: median(rows, name) for name in names}
     print(f"{'median':<25}" + " ".join(fmt(medians[name]) for name in names[:-1]) + f"{medians['seconds'] or 0:7.0f}")
     record = {"bench": "quality", "preset": args.preset, "iters": args.iters, "device": args.device,
@@ -154,6 +155,7 @@ def main() -> None:
     (args.out / "quality.json").write_text(json.dumps(record, indent=2))
     if args.sheet is not None:
         write_sheet([args.out / prompt_slug(prompt) for prompt, _ in chosen], args.sheet)
+    print("IoU*: the best IoU against the true object turned about the vertical axis (a diagnostic: a right shape facing the wrong way)")
     print(json.dumps(record))
 
 

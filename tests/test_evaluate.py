@@ -13,6 +13,7 @@ from dreamfusion.embedded.probe import Probe, ProbeModelConfig, ProbeNet, ProbeP
 from dreamfusion.evaluate import (
     Eval3DConfig,
     ProbeEvaluation,
+    best_turn,
     evaluate_3d,
     evaluation_cameras,
     field_occupancy,
@@ -144,5 +145,17 @@ def test_evaluate_3d_on_a_ball() -> None:
     assert result.probe.janus_rate in (0.0, 1.0)
     assert result.occupancy_iou > 0.9  # the procedural sphere has radius 0.38 too
     assert result.true_voxels > 0 and result.occupied_voxels > 0
+    assert result.best_turn_iou >= result.occupancy_iou
     decoded = json.loads(result.to_json())
     assert decoded["kind"] == "sphere" and len(decoded["views"]) == 4 and "occupancy IoU" in result.summary()
+
+
+def test_best_turn_finds_a_right_shape_facing_the_wrong_way() -> None:
+    from dreamfusion.procedural.objects import occupancy_grid
+
+    config = Eval3DConfig(grid_resolution=32)
+    facing_left = occupancy_grid("chair", 32, turn_degrees=90.0)
+    assert occupancy_iou(facing_left, occupancy_grid("chair", 32)) < 0.7
+    iou, degrees = best_turn(facing_left, "chair", config)
+    assert iou == 1.0 and degrees == 90.0
+    assert best_turn(facing_left, "chair", Eval3DConfig(grid_resolution=32, turns=1))[1] == 0.0

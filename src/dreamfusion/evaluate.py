@@ -12,6 +12,8 @@ Two questions, answered against the procedural ground truth the embedded prior w
   threshold to tune. SDS fields are soft (an opaque object may never exceed density 10 inside), so a fixed
   density threshold would call a solid-looking object empty; a thin haze, on the other hand, stays
   transparent and is not counted.
+  Beside it, a diagnostic: the best IoU against the true object turned about the vertical axis (16 turns of
+  22.5 degrees), which tells a wrong shape from a right one that faces the wrong way.
 
 Cameras: 16 azimuths (11.25 + 22.5 k degrees, so no camera sits on a front/side/back boundary and each ring
 holds 4 front, 8 side and 4 back views) at elevations 15 and 45 degrees (both below the 60 degrees where
@@ -149,6 +151,14 @@ def occupancy_iou(a: Bool[Tensor, "R R R"], b: Bool[Tensor, "R R R"]) -> float:
     return 1.0 if union == 0 else (a & b).sum().item() / union
 
 
+def best_turn(occupied: Bool[Tensor, "R R R"], kind: str, config: Eval3DConfig) -> tuple[float, float]:
+    """(IoU, degrees) of the turn of the true object about the vertical axis that best matches ``occupied``."""
+    turns = [360.0 * k / config.turns for k in range(config.turns)]
+    scores = [occupancy_iou(occupied, occupancy_grid(kind, config.grid_resolution, config.grid_bound, turn)) for turn in turns]
+    best = max(range(len(turns)), key=scores.__getitem__)
+    return scores[best], turns[best]
+
+
 # ----- the 3D evaluation -----------------------------------------------------------------------------
 
 
@@ -169,12 +179,14 @@ class Eval3DConfig:
     grid_bound: float = 1.0
     density_threshold: float | None = None
     """None: filled voxels are the hidden ones (see the module docstring); a number: density above it."""
+    turns: int = 16
+    """Turns of the true object about the vertical axis for ``best_turn_iou`` (1: only the canonical pose)."""
     chunk: int = 8
     """Cameras per render call."""
 
     def __post_init__(self) -> None:
-        if not self.elevations or self.azimuths < 1 or not self.shading:
-            raise ValueError("evaluation needs at least one elevation, azimuth and shading mode")
+        if not self.elevations or self.azimuths < 1 or not self.shading or self.turns < 1:
+            raise ValueError("evaluation needs at least one elevation, azimuth, shading mode and turn")
         if self.distance <= 0 or self.focal_multiplier <= 0 or self.resolution < 8 or self.grid_resolution < 2:
             raise ValueError("evaluation distance and focal must be positive, resolution >= 8, grid >= 2")
 
@@ -207,6 +219,7 @@ class HeadlineScores:
     view_accuracy: float
     janus_rate: float | None
     occupancy_iou: float
+    best_turn_iou: float
 
 
 @dataclass(frozen=True)
@@ -218,6 +231,10 @@ class Eval3DResult:
     """False for kinds whose back looks like their front: ignore view accuracy and the Janus rate then."""
     probe: ProbeEvaluation
     occupancy_iou: float
+    best_turn_iou: float
+    """The largest IoU against the true object turned about the vertical axis (a diagnostic, not the score)."""
+    best_turn_degrees: float
+    """The turn that gives it, counter-clockwise seen from above."""
     density_threshold: float | None
     """None: the hidden-voxel rule."""
     occupied_voxels: int
@@ -232,7 +249,7 @@ class Eval3DResult:
     def headline(self) -> HeadlineScores:
         p = self.probe
         return HeadlineScores(p.object_accuracy, p.colour_accuracy, p.object_colour_accuracy, p.view_accuracy,
-                              p.janus_rate, self.occupancy_iou)
+                              p.janus_rate, self.occupancy_iou, self.best_turn_iou)
 
     def summary(self) -> str:
         """A few human-readable lines."""
@@ -248,6 +265,8 @@ class Eval3DResult:
             + ("" if self.view_identifiable else f"  [views of a {self.kind} cannot be told apart: ignore these]"),
             f"  occupancy IoU {self.occupancy_iou:.3f} ({self.occupied_voxels} voxels vs {self.true_voxels} true,"
             + (" hidden from all axis directions)" if self.density_threshold is None else f" density > {self.density_threshold:.1f})"),
+            f"  best IoU against the object turned about the vertical axis: {self.best_turn_iou:.3f}"
+            f" at {self.best_turn_degrees:.1f} degrees",
         ]
         return "\n".join(lines)
 
@@ -326,9 +345,11 @@ def evaluate_3d(
     threshold = config.density_threshold
     occupied = field_occupancy(scene.field, config.grid_resolution, config.grid_bound, threshold)
     truth = occupancy_grid(kind, config.grid_resolution, config.grid_bound)
+    best_iou, best_degrees = best_turn(occupied, kind, config)
     return Eval3DResult(
         prompt=prompt, kind=kind, colour=colour, view_identifiable=kind not in VIEW_SYMMETRIC_KINDS, probe=scores,
-        occupancy_iou=occupancy_iou(occupied, truth), density_threshold=threshold,
+        occupancy_iou=occupancy_iou(occupied, truth), best_turn_iou=best_iou, best_turn_degrees=best_degrees,
+        density_threshold=threshold,
         occupied_voxels=int(occupied.sum()), true_voxels=int(truth.sum()), views=tuple(records), config=config,
     )  # fmt: skip
 
@@ -346,7 +367,7 @@ def evaluate_run(
 
 
 __all__ = [
-    "Eval3DConfig", "Eval3DResult", "HeadlineScores", "ProbeEvaluation", "ViewRecord", "hidden_voxels",
+    "Eval3DConfig", "Eval3DResult", "HeadlineScores", "ProbeEvaluation", "ViewRecord", "best_turn", "hidden_voxels",
     "evaluate_3d", "evaluate_run", "evaluation_cameras", "field_occupancy", "janus_rate", "occupancy_iou",
     "parse_subject", "render_scene_views",
 ]  # fmt: skip

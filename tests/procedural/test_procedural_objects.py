@@ -145,3 +145,12 @@ def test_albedo_details() -> None:
     assert {"house", "snowman", "car"} <= DETAILED_KINDS and "sphere" not in DETAILED_KINDS
     door = object_albedo("house", torch.tensor([[0.31, 0.0, -0.35]]), red)
     assert door.max() < 0.3
+
+
+def test_turned_occupancy_is_the_grid_turned_about_the_vertical_axis() -> None:
+    chair = occupancy_grid("chair", resolution=32)
+    turned = occupancy_grid("chair", resolution=32, turn_degrees=90.0)
+    # Counter-clockwise seen from above: the front (+x) turns to +y, so turned[i, j] = chair[j, R - 1 - i].
+    assert (turned == torch.rot90(chair, 1, dims=(0, 1))).float().mean() > 0.999
+    assert not torch.equal(turned, chair)
+    assert torch.equal(occupancy_grid("chair", resolution=32, turn_degrees=360.0), chair)
