@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -52,32 +52,38 @@ class PriorConfig:
     channels_last: bool = False
     """sd / if: channels-last memory layout for the U-Net."""
 
+    def given(self, *names: str) -> dict[str, Any]:
+        """The named options that are set (not None), for a prior's own config to take; unset ones keep its defaults."""
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
 
 def build_prior(config: PriorConfig, device: torch.device) -> DiffusionPrior:
     """Load the prior named in ``config`` on ``device``. Raises PriorError with a user-facing message."""
-    if config.name not in _REGISTRY:
-        raise PriorError(f"unknown prior {config.name!r}; choose one of: {', '.join(PRIOR_NAMES)}")
+    module = _prior_module(config.name)
     if config.perp_neg and config.name not in ("embedded", "sd", "if"):
         raise PriorError(f"Perp-Neg guidance needs a prior with view prompts (embedded, sd, if), not {config.name!r}")
-    module_name, builder, _ = _REGISTRY[config.name]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name and error.name.startswith("dreamfusion"):
-            raise PriorError(f"prior {config.name!r} is not available in this version of dreamfusion") from None
-        raise PriorError(
-            f"prior {config.name!r} needs the package {error.name!r}: pip install 'dreamfusion[diffusers]'"
-        ) from None
+    _, builder, _ = _REGISTRY[config.name]
     return getattr(module, builder)(config, device)
 
 
 def check_prompt(config: PriorConfig, prompt: str) -> None:
-    """Refuse, before anything loads or runs, a prompt the prior cannot read (only "embedded" has a closed
-    vocabulary; the others read any text)."""
-    if config.name == "embedded":
-        from dreamfusion.priors.embedded import check_prompt as check_embedded_prompt
+    """Refuse, before anything loads or runs, a prompt the prior cannot read: a prior module with a closed
+    vocabulary defines ``check_prompt(prompt)`` (only "embedded" does; the others read any text)."""
+    check = getattr(_prior_module(config.name), "check_prompt", None)
+    if check is not None:
+        check(prompt)
 
-        check_embedded_prompt(prompt)
+
+def _prior_module(name: str) -> Any:
+    """The module of a registered prior (cheap: optional packages are imported only when a prior loads)."""
+    if name not in _REGISTRY:
+        raise PriorError(f"unknown prior {name!r}; choose one of: {', '.join(PRIOR_NAMES)}")
+    try:
+        return importlib.import_module(_REGISTRY[name][0])
+    except ModuleNotFoundError as error:
+        if error.name and error.name.startswith("dreamfusion"):
+            raise PriorError(f"prior {name!r} is not available in this version of dreamfusion") from None
+        raise PriorError(f"prior {name!r} needs the package {error.name!r}: pip install 'dreamfusion[diffusers]'") from None
 
 
 def describe_priors() -> str:

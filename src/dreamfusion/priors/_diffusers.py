@@ -180,7 +180,25 @@ class DiffusersPrior:
     """What the Stable Diffusion and IF priors do alike once their modules are loaded: cached prompt
     embeddings, freeing the text encoder, and the U-Net's epsilon prediction. Subclasses set ``config``,
     ``device``, ``dtype``, ``unet``, ``prediction_type``, ``_alphas_cumprod``, ``_embeddings``,
-    ``_unet_forward`` and the text-encoder attributes (``_setup_unet_and_text`` sets most of them)."""
+    ``_unet_forward`` and the text-encoder attributes (``_place``, ``_open_folder`` and
+    ``_setup_unet_and_text`` set most of them)."""
+
+    def _place(self, config: Any, device: torch.device | str) -> None:
+        """Set ``config``, ``device`` and the weights' ``dtype`` (fp16 on CUDA unless ``config.precision`` says)."""
+        self.config = config
+        self.device = torch.device(device)
+        self.dtype = choose_dtype(config.precision, self.device, torch.float16)
+
+    def _open_folder(
+        self, config: Any, device: torch.device | str, *, prior: str, subfolders: Sequence[str], fetch_hint: str
+    ) -> Any:
+        """Check that diffusers and transformers import, ``_place``, and find the model folder (``path``);
+        returns the diffusers module to load the components with."""
+        diffusers = import_diffusers()
+        import_transformers()
+        self._place(config, device)
+        self.path: Path | None = resolve_model_dir(config.model, prior=prior, subfolders=subfolders, fetch_hint=fetch_hint)
+        return diffusers
 
     def _setup_unet_and_text(self, unet: Any) -> None:
         """The frozen U-Net with its speed options, the guidance and Perp-Neg settings, and an empty prompt

@@ -13,7 +13,6 @@ fp16 for XXL) is loaded only to embed the prompts, which are cached, and then fr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -58,12 +57,7 @@ class DeepFloydIFPrior(shared.DiffusersPrior):
     name = "if"
 
     def __init__(self, config: DeepFloydIFPriorConfig, device: torch.device | str = "cpu") -> None:
-        diffusers = shared.import_diffusers()
-        shared.import_transformers()
-        self.config = config
-        self.device = torch.device(device)
-        self.dtype = shared.choose_dtype(config.precision, self.device, torch.float16)
-        self.path: Path = shared.resolve_model_dir(config.model, prior="if", subfolders=SUBFOLDERS, fetch_hint=FETCH_HINT)
+        diffusers = self._open_folder(config, device, prior="if", subfolders=SUBFOLDERS, fetch_hint=FETCH_HINT)
         self._alphas_cumprod_cpu, self.prediction_type = shared.scheduler_alphas_cumprod(self.path)
         self._alphas_cumprod = self._alphas_cumprod_cpu.to(self.device)
         unet = shared.load_component(diffusers.UNet2DConditionModel.from_pretrained, self.path, "unet", "U-Net", torch_dtype=self.dtype)
@@ -107,10 +101,6 @@ class DeepFloydIFPrior(shared.DiffusersPrior):
 
 
 def build(config: PriorConfig, device: torch.device) -> DeepFloydIFPrior:
-    """Registry entry point. Extra options of ``PriorConfig`` (when present) pass through by name."""
-    options = {
-        name: getattr(config, name)
-        for name in ("perp_neg", "compile_unet", "cuda_graph", "channels_last")
-        if getattr(config, name, None) is not None
-    }
+    """Registry entry point. Extra options of ``PriorConfig`` (when set) pass through by name."""
+    options = config.given("perp_neg", "compile_unet", "cuda_graph", "channels_last")
     return DeepFloydIFPrior(DeepFloydIFPriorConfig(model=config.model, precision=config.precision, **options), device)

@@ -178,8 +178,9 @@ _PRECISIONS = {"auto": "float32", "fp32": "float32", "fp16": "float16", "bf16": 
 
 def build(config: PriorConfig, device: torch.device) -> EmbeddedPrior:
     """Registry entry point: ``config.model`` is a weights file or a training output folder (None: shipped)."""
-    options = {} if config.perp_neg is None else {"perp_neg": config.perp_neg}
     return EmbeddedPrior(
-        EmbeddedPriorConfig(weights=config.model, dtype=_PRECISIONS[config.precision], cuda_graph=config.cuda_graph, **options),
+        EmbeddedPriorConfig(
+            weights=config.model, dtype=_PRECISIONS[config.precision], **config.given("cuda_graph", "perp_neg")
+        ),
         device,
     )

@@ -26,7 +26,6 @@ Choices:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -80,12 +79,7 @@ class StableDiffusionPrior(shared.DiffusersPrior):
     name = "sd"
 
     def __init__(self, config: StableDiffusionPriorConfig, device: torch.device | str = "cpu") -> None:
-        diffusers = shared.import_diffusers()
-        shared.import_transformers()
-        self.config = config
-        self.device = torch.device(device)
-        self.dtype = shared.choose_dtype(config.precision, self.device, torch.float16)
-        self.path: Path = shared.resolve_model_dir(config.model, prior="sd", subfolders=SUBFOLDERS, fetch_hint=FETCH_HINT)
+        diffusers = self._open_folder(config, device, prior="sd", subfolders=SUBFOLDERS, fetch_hint=FETCH_HINT)
 
         alphas_cumprod, prediction_type = shared.scheduler_alphas_cumprod(self.path)
         unet = shared.load_component(diffusers.UNet2DConditionModel.from_pretrained, self.path, "unet", "U-Net", torch_dtype=self.dtype)
@@ -109,10 +103,8 @@ class StableDiffusionPrior(shared.DiffusersPrior):
         Without a folder the text encoder cannot be reloaded once released, so embed every prompt you need
         before the first release (``encode_prompt`` releases it when ``config.release_text_encoder``)."""
         prior = cls.__new__(cls)
-        prior.config = config
-        prior.device = torch.device(device)
-        prior.dtype = shared.choose_dtype(config.precision, prior.device, torch.float16)
-        prior.path = None  # type: ignore[assignment]
+        prior._place(config, device)
+        prior.path = None
         prior._setup(unet, vae, scheduler.alphas_cumprod.float().clone(), str(scheduler.config.prediction_type))
         prior._tokenizer = tokenizer
         prior._text_encoder = shared.load_frozen(text_encoder, prior.device, prior.dtype)
@@ -185,10 +177,6 @@ class StableDiffusionPrior(shared.DiffusersPrior):
 
 
 def build(config: PriorConfig, device: torch.device) -> StableDiffusionPrior:
-    """Registry entry point. Extra options of ``PriorConfig`` (when present) pass through by name."""
-    options = {
-        name: getattr(config, name)
-        for name in ("vae_resolution", "perp_neg", "compile_unet", "compile_vae", "cuda_graph", "channels_last")
-        if getattr(config, name, None) is not None
-    }
+    """Registry entry point. Extra options of ``PriorConfig`` (when set) pass through by name."""
+    options = config.given("vae_resolution", "perp_neg", "compile_unet", "compile_vae", "cuda_graph", "channels_last")
     return StableDiffusionPrior(StableDiffusionPriorConfig(model=config.model, precision=config.precision, **options), device)
