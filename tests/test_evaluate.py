@@ -156,6 +156,7 @@ def test_best_turn_finds_a_right_shape_facing_the_wrong_way() -> None:
     config = Eval3DConfig(grid_resolution=32)
     facing_left = occupancy_grid("chair", 32, turn_degrees=90.0)
     assert occupancy_iou(facing_left, occupancy_grid("chair", 32)) < 0.7
-    iou, degrees = best_turn(facing_left, "chair", config)
+    canonical = occupancy_grid("chair", 32)
+    iou, degrees = best_turn(facing_left, canonical, "chair", config)
     assert iou == 1.0 and degrees == 90.0
-    assert best_turn(facing_left, "chair", Eval3DConfig(grid_resolution=32, turns=1))[1] == 0.0
+    assert best_turn(facing_left, canonical, "chair", Eval3DConfig(grid_resolution=32, turns=1))[1] == 0.0

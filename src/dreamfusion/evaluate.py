@@ -151,10 +151,15 @@ def occupancy_iou(a: Bool[Tensor, "R R R"], b: Bool[Tensor, "R R R"]) -> float:
     return 1.0 if union == 0 else (a & b).sum().item() / union
 
 
-def best_turn(occupied: Bool[Tensor, "R R R"], kind: str, config: Eval3DConfig) -> tuple[float, float]:
-    """(IoU, degrees) of the turn of the true object about the vertical axis that best matches ``occupied``."""
+def best_turn(
+    occupied: Bool[Tensor, "R R R"], truth: Bool[Tensor, "R R R"], kind: str, config: Eval3DConfig
+) -> tuple[float, float]:
+    """(IoU, degrees) of the turn of the true object about the vertical axis that best matches ``occupied``;
+    ``truth`` is the object's grid in its canonical pose (turn 0)."""
     turns = [360.0 * k / config.turns for k in range(config.turns)]
-    scores = [occupancy_iou(occupied, occupancy_grid(kind, config.grid_resolution, config.grid_bound, turn)) for turn in turns]
+    scores = [occupancy_iou(occupied, truth)] + [
+        occupancy_iou(occupied, occupancy_grid(kind, config.grid_resolution, config.grid_bound, turn)) for turn in turns[1:]
+    ]
     best = max(range(len(turns)), key=scores.__getitem__)
     return scores[best], turns[best]
 
@@ -345,7 +350,7 @@ def evaluate_3d(
     threshold = config.density_threshold
     occupied = field_occupancy(scene.field, config.grid_resolution, config.grid_bound, threshold)
     truth = occupancy_grid(kind, config.grid_resolution, config.grid_bound)
-    best_iou, best_degrees = best_turn(occupied, kind, config)
+    best_iou, best_degrees = best_turn(occupied, truth, kind, config)
     return Eval3DResult(
         prompt=prompt, kind=kind, colour=colour, view_identifiable=kind not in VIEW_SYMMETRIC_KINDS, probe=scores,
         occupancy_iou=occupancy_iou(occupied, truth), best_turn_iou=best_iou, best_turn_degrees=best_degrees,
