@@ -72,7 +72,8 @@ def test_sds_gradient_matches_diffusers_reference(sd_dir: Path) -> None:
         expected = (1 - scheduler.alphas_cumprod[t]).view(1, 1, 1, 1) * (eps_u + 100.0 * (eps_c - eps_u) - noise)
     torch.testing.assert_close(out.gradient, expected, rtol=1e-4, atol=1e-4)
     (z0 * expected).sum().backward()
-    torch.testing.assert_close(rgb.grad, ref_rgb.grad, rtol=1e-4, atol=1e-6)
+    # Tolerance: the prior's VAE uses matmul attention, the reference diffusers' SDPA default (rounding only).
+    torch.testing.assert_close(rgb.grad, ref_rgb.grad, rtol=1e-4, atol=1e-5)  # mean |grad| here is ~0.09
     assert rgb.grad.abs().sum() > 0  # the gradient reaches the render through the VAE encoder
 
     # Nothing of the prior learns.
