@@ -31,7 +31,7 @@ def _tiny_field(**kwargs) -> NeRFField:
 
 
 def test_autograd_normals_agree_with_finite_differences_and_carry_gradients() -> None:
-    field = _tiny_field()
+    field = _tiny_field(normals="autograd")
     finite = _tiny_field(normals="finite_difference", finite_difference_eps=1e-3)
     x = (torch.rand(64, 3, generator=torch.Generator().manual_seed(1)) - 0.5) * 0.6
     exact = field(x, with_normals=True).normals
@@ -39,6 +39,36 @@ def test_autograd_normals_agree_with_finite_differences_and_carry_gradients() ->
     assert ((exact * approx).sum(-1) > 0.95).float().mean() > 0.9
     exact.sum().backward()  # second-order path: losses on normals reach the parameters
     assert field.encoding.tables.grad is not None and field.encoding.tables.grad.abs().sum() > 0
+
+
+def test_analytic_normals_and_their_parameter_gradients_equal_autograd() -> None:
+    # Float64, every bias and activation: the closed-form derivative must equal double backward, in the
+    # normals and in the gradient a loss on the normals sends to every parameter.
+    x = (torch.rand(200, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64) - 0.5) * 3.2  # some outside the cube (bound 1.4)
+    weights = torch.randn(200, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    for bias, activation in (("blob_magic3d", "softplus"), ("blob_dreamfusion", "exp"), ("none", "softplus")):
+        fields = {method: _tiny_field(normals=method, density_bias=bias, density_activation=activation).double()
+                  for method in ("analytic", "autograd")}
+        grads = {}
+        for method, field in fields.items():
+            out = field(x, with_normals=True)
+            ((out.normals * weights).sum() + out.density.sum()).backward()
+            grads[method] = (out.normals.detach(), [p.grad.clone() for p in field.parameters()])
+        (normals_a, params_a), (normals_b, params_b) = grads["analytic"], grads["autograd"]
+        torch.testing.assert_close(normals_a, normals_b, rtol=1e-9, atol=1e-9)
+        for grad_a, grad_b in zip(params_a, params_b, strict=True):
+            torch.testing.assert_close(grad_a, grad_b, rtol=1e-7, atol=1e-9)
+        # Unit normals, except where nothing varies (outside the cube with no bias, or a flat exp clamp).
+        assert (normals_a.norm(dim=-1) > 0.99).float().mean() > 0.8 and params_a[0].abs().sum() > 0
+
+
+def test_encoding_jacobian_matches_autograd() -> None:
+    encoding = HashGridEncoding(HashGridConfig(levels=3, log2_table_size=8, base_resolution=4, max_resolution=32, init_scale=1.0)).double()
+    x = torch.rand(50, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    features, jacobian = encoding.forward_with_jacobian(x)
+    torch.testing.assert_close(features, encoding(x))
+    expected = torch.autograd.functional.jacobian(lambda p: encoding(p).sum(0), x).permute(1, 2, 0)  # N 3 F
+    torch.testing.assert_close(jacobian, expected)
 
 
 def test_blob_biases_density_towards_the_centre() -> None:
