@@ -23,6 +23,7 @@ from dreamfusion.priors import build_prior
 from dreamfusion.renderer import render
 from dreamfusion.sds import score_distillation
 from dreamfusion.trainer import Trainer
+from profiling import write_profile  # bench/profiling.py, beside this script
 
 
 def measure(fn: Callable[[], object], steps: int, device: torch.device) -> dict[str, float]:
@@ -44,20 +45,6 @@ def measure(fn: Callable[[], object], steps: int, device: torch.device) -> dict[
     return {"it_per_s": steps / seconds, "ms_per_it": 1000 * seconds / steps, "peak_mb": peak_mb}
 
 
-def write_profile(step: Callable[[], object], device: torch.device, path: Path) -> None:
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        for _ in range(5):
-            step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(prof.key_averages().table(sort_by=sort_by, row_limit=40, max_name_column_width=60))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="where to write the JSON results")
@@ -66,7 +53,8 @@ def main() -> None:
     parser.add_argument("--preset", default="default")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--normals", choices=("autograd", "finite_difference"), default="autograd")
+    parser.add_argument("--normals", choices=("analytic", "autograd", "finite_difference"), default="analytic")
+    parser.add_argument("--compile-field", action="store_true", help="trainer.compile_field: torch.compile the field")
     parser.add_argument("--profile", type=Path, help="also write the top operators of 5 whole steps (torch.profiler) here")
     args = parser.parse_args()
 
@@ -78,7 +66,7 @@ def main() -> None:
             "device": args.device,
             "prior": {"name": args.prior},
             "camera": {"resolution": 64},
-            "trainer": {"batch_size": args.batch_size},
+            "trainer": {"batch_size": args.batch_size, "compile_field": args.compile_field},
             "field": {"normals": args.normals},
             "shading": {"albedo_warmup_steps": 0},
         },
@@ -90,7 +78,7 @@ def main() -> None:
 
     def render_only() -> None:
         out = render(
-            trainer.field, trainer.background, cameras, config.renderer, shading="lambertian",
+            trainer.renderer.render_field, trainer.background, cameras, config.renderer, shading="lambertian",
             with_normals=True, training=True, host_generator=trainer.rng.host, device_generator=trainer.rng.device,
         )
         out.rgb.sum().backward()
@@ -108,16 +96,18 @@ def main() -> None:
         "prior (SDS, CFG batch 2)": measure(prior_only, args.steps, device),
         "whole step": measure(trainer.train_step, args.steps, device),
     }
-    if args.profile is not None:
-        write_profile(trainer.train_step, device, args.profile)
+    profiled = write_profile(trainer.train_step, device, args.profile) if args.profile is not None else None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"\nloop benchmark: prior={args.prior} preset={args.preset} batch={args.batch_size} 64x64 "
-          f"samples={config.renderer.num_samples}+{config.renderer.num_importance} on {name}, torch {torch.__version__}")
+          f"samples={config.renderer.num_samples}+{config.renderer.num_importance} normals={args.normals}"
+          f"{' compiled' if args.compile_field else ''} on {name}, torch {torch.__version__}")
     print(f"{'part':<30}{'it/s':>10}{'ms/it':>10}{'peak MB':>10}")
     for part, row in rows.items():
         print(f"{part:<30}{row['it_per_s']:>10.1f}{row['ms_per_it']:>10.1f}{row['peak_mb']:>10.0f}")
+    if profiled is not None:
+        print(f"whole step under the profiler: {profiled['profiled_wall_ms']:.1f} ms, GPU kernels {profiled['kernel_ms']:.1f} ms")
     record = {"bench": "loop", "device": name, "prior": args.prior, "preset": args.preset, "batch_size": args.batch_size,
-              "torch": torch.__version__, "results": rows}
+              "normals": args.normals, "compile_field": args.compile_field, "torch": torch.__version__, "results": rows, "profiled": profiled}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2))
     print(json.dumps(record))

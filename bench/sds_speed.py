@@ -1,6 +1,7 @@
 """Speed of one SDS step with a full-size Stable Diffusion prior: naive fp32 eager vs the optimized prior.
 
 Usage: python bench/sds_speed.py OUT_JSON [--model sd21|sd15] [--steps N] [--no-cuda-graphs] [--compile] [--compile-vae]
+       [--compile-field] [--channels-last] [--profile TABLE.txt]
        python bench/sds_speed.py /tmp/sds.json --tiny          (CPU smoke test: tiny configs, 2 steps)
 
 The U-Net, VAE and text encoder of SD 2.1-base (or SD 1.5) are built from their published configs with
@@ -11,10 +12,11 @@ guidance 100, the VAE encoder at 512 with gradients, Adam step). Both loops run 
 * naive: fp32 weights, trainer autocast off, eager U-Net, cuDNN's default algorithm choice;
 * optimized: the prior's defaults on CUDA: fp16 weights (the prior runs in its own dtype, autocast off inside
   it), SDPA attention, the U-Net forward replayed as a CUDA graph (``--no-cuda-graphs`` turns that off), cuDNN
-  autotuning; optionally ``--compile`` (torch.compile of the U-Net), ``--compile-vae`` (of the VAE encoder)
-  and ``--channels-last``.
+  autotuning; optionally ``--compile`` (torch.compile of the U-Net), ``--compile-vae`` (of the VAE encoder),
+  ``--compile-field`` (of the NeRF field, ``trainer.compile_field``) and ``--channels-last``.
 
-Printed: it/s of whole trainer steps; ms of the render (forward), the VAE encode forward + backward, and the
+Printed: it/s of whole trainer steps; ms of the render (forward; and forward + backward with shading, so with
+normals), the VAE encode forward + backward, and the
 U-Net forward (batch 2, CFG); peak memory; FLOPs per step (torch.utils.flop_counter, counted on an eager
 step) and achieved TFLOP/s. A table, then one JSON line (also written to OUT_JSON).
 """
@@ -32,6 +34,7 @@ import torch
 from dreamfusion.config import build_config
 from dreamfusion.priors.stable_diffusion import StableDiffusionPrior, StableDiffusionPriorConfig
 from dreamfusion.trainer import Trainer
+from profiling import write_profile  # bench/profiling.py, beside this script
 
 # Published architecture configs (diffusers layout) of the models the bench imitates.
 SD21_BASE_UNET = dict(
@@ -122,7 +125,7 @@ def _ms(fn, device: torch.device, repeats: int) -> float:
 
 
 def measure(label: str, prior: StableDiffusionPrior, run_overrides: dict[str, Any], device: torch.device,
-            steps: int, warmup: int, count_flops: bool) -> dict[str, Any]:
+            steps: int, warmup: int, count_flops: bool, profile_path: Path | None = None) -> dict[str, Any]:
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -148,7 +151,11 @@ def measure(label: str, prior: StableDiffusionPrior, run_overrides: dict[str, An
 
     def render_forward() -> torch.Tensor:
         with torch.no_grad():
-            return render(trainer.field, trainer.background, cameras, config.renderer, training=True).rgb
+            return render(trainer.renderer.render_field, trainer.background, cameras, config.renderer, training=True).rgb
+
+    def render_forward_backward() -> None:
+        out = render(trainer.renderer.render_field, trainer.background, cameras, config.renderer, shading="lambertian", training=True)
+        out.rgb.sum().backward()
 
     rgb = render_forward().permute(0, 3, 1, 2)
     rgb = torch.nn.functional.interpolate(rgb, size=(prior.resolution,) * 2, mode="bilinear").detach()
@@ -173,11 +180,14 @@ def measure(label: str, prior: StableDiffusionPrior, run_overrides: dict[str, An
         "it_per_s": 1.0 / seconds,
         "step_ms": seconds * 1e3,
         "render_ms": _ms(render_forward, device, repeats),
+        "render_shaded_fwd_bwd_ms": _ms(render_forward_backward, device, repeats),
         "vae_encode_fwd_bwd_ms": _ms(vae_forward_backward, device, repeats),
         "unet_ms": _ms(unet_forward, device, repeats),
         "peak_memory_gb": peak_gb,
         "dtype": str(prior.dtype).replace("torch.", ""),
     }
+    if profile_path is not None:
+        result.update(write_profile(trainer.train_step, device, profile_path, repeats))
     if count_flops:
         from torch.utils.flop_counter import FlopCounterMode
 
@@ -197,10 +207,12 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the U-Net in the optimized loop")
     parser.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", help="eager U-Net in the optimized loop")
     parser.add_argument("--compile-vae", action="store_true", help="torch.compile the VAE encoder in the optimized loop")
+    parser.add_argument("--compile-field", action="store_true", help="trainer.compile_field in the optimized loop")
     parser.add_argument("--channels-last", action="store_true", help="channels_last U-Net and VAE in the optimized loop")
     parser.add_argument("--precision", choices=("fp16", "bf16"), default="fp16", help="weights of the optimized loop")
     parser.add_argument("--tiny", action="store_true", help="tiny configs, 2 steps: a CPU smoke test")
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--profile", type=Path, help="write a per-operator kernel-time table of the optimized loop here")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -228,20 +240,27 @@ def main() -> None:
     prior = StableDiffusionPrior.from_components(fast, device, **components)
     parts = [str(prior.dtype).replace("torch.", ""), "channels_last" if fast.channels_last else "", "cuda-graph" if args.cuda_graphs and device.type == "cuda" else "",
              "compile" if args.compile else "", "compiled-vae" if args.compile_vae else ""]
+    if args.compile_field:
+        parts.append("compiled-field")
+        run_overrides = {**run_overrides, "trainer": {"compile_field": True}}
     loops.append(measure("optimized " + "+".join(p for p in parts if p), prior, run_overrides, device, steps, warmup,
-                         count_flops=args.skip_naive))
-    flops = loops[0].get("flops_per_step", 0)
+                         count_flops=False, profile_path=args.profile))
+    # Counted on the eager naive step only: compiled regions and graph replays hide their operators from the counter.
+    flops = loops[0].get("flops_per_step")  # None with --skip-naive
     for loop in loops:
         loop["flops_per_step"] = flops
-        loop["tflops_per_s"] = flops * loop["it_per_s"] / 1e12
+        loop["tflops_per_s"] = None if flops is None else flops * loop["it_per_s"] / 1e12
     speedup = loops[-1]["it_per_s"] / loops[0]["it_per_s"] if len(loops) == 2 else None
 
-    header = f"{'loop':<44} {'it/s':>7} {'step ms':>8} {'render':>7} {'vae f+b':>8} {'unet':>7} {'peak GB':>8} {'TFLOP/s':>8}"
-    print(f"SDS step, {args.model}{' (tiny)' if args.tiny else ''}, {device}, batch 1, CFG; FLOPs/step {flops / 1e9:.3f} G")
+    header = f"{'loop':<44} {'it/s':>7} {'step ms':>8} {'render':>7} {'rnd f+b':>8} {'vae f+b':>8} {'unet':>7} {'peak GB':>8} {'TFLOP/s':>8}"
+    print(f"SDS step, {args.model}{' (tiny)' if args.tiny else ''}, {device}, batch 1, CFG; FLOPs/step {'n/a' if flops is None else f'{flops / 1e9:.3f} G'}")
     print(header)
     for r in loops:
-        print(f"{r['loop']:<44} {r['it_per_s']:7.2f} {r['step_ms']:8.1f} {r['render_ms']:7.1f} {r['vae_encode_fwd_bwd_ms']:8.1f} "
-              f"{r['unet_ms']:7.1f} {r['peak_memory_gb'] or float('nan'):8.2f} {r['tflops_per_s']:8.2f}")
+        print(f"{r['loop']:<44} {r['it_per_s']:7.2f} {r['step_ms']:8.1f} {r['render_ms']:7.1f} {r['render_shaded_fwd_bwd_ms']:8.1f} {r['vae_encode_fwd_bwd_ms']:8.1f} "
+              f"{r['unet_ms']:7.1f} {r['peak_memory_gb'] or float('nan'):8.2f} {r['tflops_per_s'] or float('nan'):8.2f}")
+    for r in loops:
+        if "kernel_ms" in r:
+            print(f"profiled {r['loop']}: {r['profiled_wall_ms']:.1f} ms per step, of which GPU kernels {r['kernel_ms']:.1f} ms")
     if speedup is not None:
         print(f"speed-up optimized / naive: {speedup:.2f}x")
     summary = {

@@ -149,6 +149,24 @@ def test_out_of_vocabulary_prompt_with_the_embedded_prior(tmp_path: Path, monkey
     assert not (tmp_path / "run").exists()
 
 
+def test_compile_option_turns_on_every_compiled_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dreamfusion.run
+
+    seen = []
+
+    def capture(config: object, *args: object, **kwargs: object) -> None:
+        seen.append(config)
+        raise dreamfusion.run.RunError("captured")
+
+    monkeypatch.setattr(dreamfusion.run, "generate", capture)
+    for extra in ((), ("--compile",)):
+        _run("generate", "a red chair", "--out", str(tmp_path / "run"), "--device", "cpu", *extra)
+    plain, compiled = seen
+    assert not (plain.trainer.compile_field or plain.prior.compile_unet or plain.prior.compile_vae or plain.prior.channels_last)
+    assert compiled.trainer.compile_field and compiled.prior.compile_unet and compiled.prior.compile_vae
+    assert compiled.prior.channels_last and compiled.trainer.iters == plain.trainer.iters
+
+
 def test_eval_3d_reports_json_for_a_run(tmp_path: Path, tiny_yaml: Path) -> None:
     import json
 

@@ -8,7 +8,7 @@ from conftest import tiny_config
 from dreamfusion.cameras import TurntableConfig, turntable_cameras
 from dreamfusion.priors.analytic import AnalyticPrior, AnalyticPriorConfig, disc_image
 from dreamfusion.renderer import render
-from dreamfusion.trainer import Trainer, TrainingError, read_checkpoint
+from dreamfusion.trainer import CompiledField, Trainer, TrainingError, read_checkpoint
 
 
 def _prior() -> AnalyticPrior:
@@ -138,3 +138,24 @@ def test_textureless_steps_use_the_priors_textureless_embeddings(textureless_pro
     prompts = [row for row in seen if not torch.equal(row, trainer.embeddings.unconditional[0])]
     assert len(prompts) >= (3 if perp_neg else 1)
     assert [torch.equal(row, marker[0]) for row in prompts] == [textureless_probability == 1.0] * len(prompts)
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compiled_field_trains_like_the_eager_field(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # aot_eager checks what torch.compile traces of the field (custom gather, analytic normals, dynamic sample
+    # counts); inductor also runs the generated kernels.
+    monkeypatch.setattr(CompiledField, "backend", backend)
+    overrides = {"shading": {"albedo_warmup_steps": 0}}  # shaded steps: the normals path is compiled too
+    eager = Trainer(tiny_config(trainer={"iters": 4}, **overrides), _prior(), torch.device("cpu"))
+    compiled = Trainer(tiny_config(trainer={"iters": 4, "compile_field": True}, **overrides), _prior(), torch.device("cpu"))
+    initial = eager.field.encoding.tables.detach().clone()
+    eager.fit()
+    compiled.fit()
+    assert not torch.equal(eager.field.encoding.tables, initial)
+    for (name, a), (_, b) in zip(eager.field.state_dict().items(), compiled.field.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_compiled_field_needs_analytic_normals() -> None:
+    with pytest.raises(TrainingError, match="compile_field needs field.normals: analytic"):
+        Trainer(tiny_config(trainer={"compile_field": True}, field={"normals": "autograd"}), _prior(), torch.device("cpu"))

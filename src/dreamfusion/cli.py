@@ -84,6 +84,7 @@ def generate(
     gpus: Annotated[
         int | None, typer.Option(help="Data-parallel SDS on N GPUs: relaunches this command under torchrun.")
     ] = None,
+    compile: Annotated[bool, typer.Option("--compile", help=COMPILE_HELP)] = False,
 ) -> None:
     """Optimize a 3D object (a NeRF) for PROMPT and write a checkpoint, metrics, a turntable video and a preview.
 
@@ -102,9 +103,7 @@ def generate(
         raise ConfigError(f"--iters must be a positive number of steps, got {iters}")
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"--device must be auto, cpu or cuda, got {device!r}")
-    overrides: dict[str, Any] = {"prompt": prompt, "seed": seed, "device": device, "prior": {"name": prior, "model": model}}
-    if iters is not None:
-        overrides["trainer"] = {"iters": iters}
+    overrides = {"prompt": prompt, **_run_overrides(prior, model, seed, device, iters, compile)}
     if guidance_scale is not None:
         overrides["guidance"] = {"guidance_scale": guidance_scale}
     run_config = build_config(preset, config, overrides)
@@ -138,6 +137,23 @@ def generate(
         console.print(f"[yellow]note:[/] {result.outputs.mp4_error}")
 
 
+COMPILE_HELP = (
+    "torch.compile the NeRF field and, for sd / if, the prior's networks (channels-last too): 1.5-2x faster "
+    "steps on a GPU after minutes of compiling (cached for later runs); pays on long runs."
+)
+
+
+def _run_overrides(prior: str, model: str | None, seed: int, device: str, iters: int | None, compile: bool) -> dict[str, Any]:
+    """Config overrides from the options generate and batch share."""
+    overrides: dict[str, Any] = {"seed": seed, "device": device, "prior": {"name": prior, "model": model}, "trainer": {}}
+    if iters is not None:
+        overrides["trainer"]["iters"] = iters
+    if compile:
+        overrides["trainer"]["compile_field"] = True
+        overrides["prior"].update(compile_unet=True, compile_vae=True, channels_last=True)
+    return overrides
+
+
 def _relaunch_under_torchrun(gpus: int | None, check: Callable[[], None]) -> bool:
     """With --gpus N > 1 outside torchrun: run ``check`` (so bad input fails here, in one line), then re-run
     this command under torchrun with N processes and exit with its code. False: carry on in this process."""
@@ -168,6 +184,7 @@ def batch(
     preset: Annotated[str, typer.Option(help="preview, default or quality.")] = "default",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace runs that already exist.")] = False,
     gpus: Annotated[int | None, typer.Option(help="Share the prompts among N GPUs (relaunches under torchrun).")] = None,
+    compile: Annotated[bool, typer.Option("--compile", help=COMPILE_HELP)] = False,
 ) -> None:
     """Make many objects: prompts are shared among the ranks of torchrun (GPUs, and nodes through its
     rendezvous); a prompt that fails never stops the others, and summary.json says which failed and why."""
@@ -180,10 +197,7 @@ def batch(
         raise PriorError(f"unknown prior {prior!r}; choose one of: {', '.join(PRIOR_NAMES)}")
     if iters is not None and iters <= 0:
         raise ConfigError(f"--iters must be a positive number of steps, got {iters}")
-    overrides: dict[str, Any] = {"seed": seed, "device": device, "prior": {"name": prior, "model": model}}
-    if iters is not None:
-        overrides["trainer"] = {"iters": iters}
-    base = build_config(preset, config, overrides)
+    base = build_config(preset, config, _run_overrides(prior, model, seed, device, iters, compile))
     if _relaunch_under_torchrun(gpus, lambda: read_prompts(prompts)):
         return
     summary = run_batch_from_env(prompts, out, base, overwrite=overwrite)

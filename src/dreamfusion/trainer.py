@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
+from jaxtyping import Float
 from torch import Tensor, nn
 
 from dreamfusion.cameras import CameraBatch, sample_cameras
 from dreamfusion.distributed import DistributedContext, all_reduce_mean, gather_to_main, rank_seed
-from dreamfusion.field import NeRFField
+from dreamfusion.field import FieldOutput, NeRFField
 from dreamfusion.priors.base import DiffusionPrior, PromptEmbeddings
 from dreamfusion.regularizers import loss_opacity, loss_orientation
 from dreamfusion.renderer import RendererConfig, RenderOutput, render
@@ -62,6 +63,10 @@ class TrainerConfig:
     """Stop with an error after this many skipped non-finite steps in a row."""
     mixed_precision: Literal["auto", "off", "bf16", "fp16"] = "auto"
     """Autocast dtype of the prior's forward: "auto" is bf16 on CUDA and off on CPU. The NeRF stays fp32."""
+    compile_field: bool = False
+    """torch.compile the field (forward and backward) for training renders: on a fast GPU a render is bound by
+    launching the hash encoding's and MLP's many small kernels, which compiling fuses. Needs analytic normals;
+    the first run compiles for about a minute (later runs reuse torch's on-disk cache)."""
 
     def __post_init__(self) -> None:
         for name in ("iters", "batch_size", "checkpoint_every", "log_every", "max_consecutive_nonfinite"):
@@ -131,21 +136,38 @@ def resolve_device(name: str) -> torch.device:
 class SceneRenderer(nn.Module):
     """Field and background behind one forward that does the whole render.
 
-    DistributedDataParallel expects one forward per backward, but a render calls the field several times and
-    its normals call torch.autograd.grad(create_graph=True) inside; wrapping this module instead of the field
-    gives DDP exactly one forward per step. That inner grad only differentiates with respect to the sample
-    points, never reaching the parameters' gradient accumulators, so DDP's hooks fire once, in the loss's
-    backward (which runs through the normals' double-backward graph). The output is a dict of tensors
-    (RenderOutput's fields), which DDP can search for the tensors it must watch.
+    DistributedDataParallel expects one forward per backward, but a render calls the field several times (and
+    with ``normals: autograd``, torch.autograd.grad(create_graph=True) inside); wrapping this module instead of
+    the field gives DDP exactly one forward per step. That inner grad only differentiates with respect to the
+    sample points, never reaching the parameters' gradient accumulators, so DDP's hooks fire once, in the
+    loss's backward. The output is a dict of tensors (RenderOutput's fields), which DDP can search for the
+    tensors it must watch.
     """
 
-    def __init__(self, field: NeRFField, background: Background) -> None:
+    def __init__(self, field: NeRFField, background: Background, compile_field: bool = False) -> None:
         super().__init__()
         self.field = field
         self.background = background
+        self.render_field: NeRFField | CompiledField = CompiledField(field) if compile_field else field
 
     def forward(self, cameras: CameraBatch, config: RendererConfig, **options: Any) -> dict[str, Tensor | None]:
-        return dict(vars(render(self.field, self.background, cameras, config, **options)))
+        return dict(vars(render(self.render_field, self.background, cameras, config, **options)))  # type: ignore[arg-type]
+
+
+class CompiledField:
+    """A field's forward through torch.compile, for training renders only (evaluation and export call the
+    eager field and compile nothing). Sample counts change every step, so the batch dimension is dynamic."""
+
+    backend = "inductor"
+
+    def __init__(self, field: NeRFField) -> None:
+        if field.config.normals != "analytic":
+            raise TrainingError(f"trainer.compile_field needs field.normals: analytic (got {field.config.normals})")
+        self.config = field.config
+        self._forward = torch.compile(field.forward, dynamic=True, backend=self.backend)
+
+    def __call__(self, x: Float[Tensor, "N 3"], with_normals: bool = False) -> FieldOutput:
+        return self._forward(x, with_normals)
 
 
 class Trainer:
@@ -168,7 +190,7 @@ class Trainer:
         self.field = NeRFField(config.field).to(device)
         self.background = Background(config.background).to(device)
         self.rng = RandomState.seeded(rank_seed(config.seed, self.context.rank), device)
-        self.renderer: nn.Module = SceneRenderer(self.field, self.background)
+        self.renderer: nn.Module = SceneRenderer(self.field, self.background, config.trainer.compile_field)
         if self.context.distributed:
             # Broadcasts rank 0's parameters; a random solid background leaves its MLP without gradients.
             self.renderer = torch.nn.parallel.DistributedDataParallel(
