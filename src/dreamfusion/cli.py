@@ -139,7 +139,7 @@ def generate(
 
 COMPILE_HELP = (
     "torch.compile the NeRF field and, for sd / if, the prior's networks (channels-last too): 1.5-2x faster "
-    "steps on a GPU after minutes of compiling (cached for later runs); pays on long runs."
+    "steps on a GPU after minutes of compiling (cached for later runs); pays on long GPU runs, not on a CPU."
 )
 
 

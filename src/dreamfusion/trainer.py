@@ -65,8 +65,9 @@ class TrainerConfig:
     """Autocast dtype of the prior's forward: "auto" is bf16 on CUDA and off on CPU. The NeRF stays fp32."""
     compile_field: bool = False
     """torch.compile the field (forward and backward) for training renders: on a fast GPU a render is bound by
-    launching the hash encoding's and MLP's many small kernels, which compiling fuses. Needs analytic normals;
-    the first run compiles for about a minute (later runs reuse torch's on-disk cache)."""
+    launching the hash encoding's and MLP's many small kernels, which compiling fuses (on an H200 a shaded
+    render's forward + backward went from 14.5 to 6.8 ms; on a CPU it got slower). Needs analytic normals;
+    the first run spends tens of seconds compiling (later runs reuse torch's on-disk cache)."""
 
     def __post_init__(self) -> None:
         for name in ("iters", "batch_size", "checkpoint_every", "log_every", "max_consecutive_nonfinite"):
