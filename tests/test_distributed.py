@@ -25,7 +25,7 @@ from dreamfusion.distributed import (
 )  # fmt: skip
 from dreamfusion.priors.analytic import AnalyticPrior, AnalyticPriorConfig
 from dreamfusion.run import RunError, generate
-from dreamfusion.trainer import Trainer, read_checkpoint
+from dreamfusion.trainer import CompiledField, Trainer, read_checkpoint
 from dreamfusion.typed_config import ConfigError
 
 WORLD = 2
@@ -57,14 +57,14 @@ def _worker(rank: int, task: str, tmp: str, port: int) -> None:
 # ----- one data-parallel step == one step of batch 2 in one process ------------------------------------
 
 
-def _step_config():
+def _step_config(compile_field: bool = False):
     """Everything but the cameras and jitter made deterministic: no random backgrounds, a fixed timestep, and
-    lambertian shading (normals from the double-backward field inside DDP's forward)."""
+    lambertian shading (normals and the orientation loss inside DDP's forward)."""
     return tiny_config(
         background={"kind": "mlp", "random_solid_probability": 0.0},
         guidance={"guidance_scale": 1.0, "t_range": [0.5, 0.5]},
         shading={"albedo_warmup_steps": 0, "shaded_probability": 1.0, "textureless_probability": 0.0},
-        trainer={"lambda_orient": {"start": 0.1, "end": 0.1}},
+        trainer={"lambda_orient": {"start": 0.1, "end": 0.1}, "compile_field": compile_field},
     )
 
 
@@ -95,8 +95,9 @@ def _grads_and_params(trainer: Trainer) -> dict[str, list[torch.Tensor]]:
     return {"grads": [p.grad.clone() for p in params], "params": [p.detach().clone() for p in params]}
 
 
-def _task_step(context: DistributedContext, tmp: Path) -> None:
-    config = _step_config()
+def _task_step(context: DistributedContext, tmp: Path, compile_field: bool = False) -> None:
+    config = _step_config(compile_field)
+    CompiledField.backend = "aot_eager"  # what torch.compile traces, without minutes of CPU code generation
     trainer = Trainer(config, _step_prior(), context.device, context)
     if context.rank == 1:
         trainer.rng.device.set_state(_jitter_after_first_view(config))
@@ -104,7 +105,8 @@ def _task_step(context: DistributedContext, tmp: Path) -> None:
     torch.save({**_grads_and_params(trainer), "loss": metrics.loss}, tmp / f"step.rank{context.rank}.pt")
 
 
-def test_one_data_parallel_step_equals_one_step_of_batch_two(tmp_path: Path) -> None:
+@pytest.mark.parametrize("task", ["step", "step_compiled"])
+def test_one_data_parallel_step_equals_one_step_of_batch_two(task: str, tmp_path: Path) -> None:
     config = _step_config()
     cpu = torch.device("cpu")
     generator = torch.Generator().manual_seed(config.seed + 1)
@@ -112,7 +114,7 @@ def test_one_data_parallel_step_equals_one_step_of_batch_two(tmp_path: Path) -> 
     assert torch.equal(torch.rand(2 * rays, generator=torch.Generator().manual_seed(config.seed + 1)),
                        torch.cat((torch.rand(rays, generator=generator), torch.rand(rays, generator=generator))))  # fmt: skip
 
-    _spawn("step", tmp_path)
+    _spawn(task, tmp_path)  # the ranks' field eager or compiled; the single process's eager
     single = Trainer(replace(config, trainer=replace(config.trainer, batch_size=2)), _step_prior(), cpu)
     before = [p.detach().clone() for group in single.optimizer.param_groups for p in group["params"]]
     metrics = single.train_step(cameras=_two_cameras(config))
@@ -305,4 +307,9 @@ def test_torchrun_generate_end_to_end(tmp_path: Path) -> None:
     assert "2 ranks" in (out / "run.log").read_text()
 
 
-TASKS = {"step": _task_step, "generate": _task_generate, "batch": _task_batch}
+TASKS = {
+    "step": _task_step,
+    "step_compiled": lambda context, tmp: _task_step(context, tmp, compile_field=True),
+    "generate": _task_generate,
+    "batch": _task_batch,
+}
