@@ -159,8 +159,9 @@ def test_compile_option_turns_on_every_compiled_part(tmp_path: Path, monkeypatch
         raise dreamfusion.run.RunError("captured")
 
     monkeypatch.setattr(dreamfusion.run, "generate", capture)
-    for extra in ((), ("--compile",)):
-        _run("generate", "a red chair", "--out", str(tmp_path / "run"), "--device", "cpu", *extra)
+    outputs = [_run("generate", "a red chair", "--out", str(tmp_path / "run"), "--device", "cpu", *extra).output
+               for extra in ((), ("--compile",))]
+    assert "compiling" not in outputs[0] and "compiling with torch.compile" in outputs[1]
     plain, compiled = seen
     assert not (plain.trainer.compile_field or plain.prior.compile_unet or plain.prior.compile_vae or plain.prior.channels_last)
     assert compiled.trainer.compile_field and compiled.prior.compile_unet and compiled.prior.compile_vae

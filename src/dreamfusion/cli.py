@@ -112,6 +112,8 @@ def generate(
     if _relaunch_under_torchrun(gpus, lambda: check_run_dir(run_dir, resume, overwrite)):
         return
 
+    if run_config.trainer.compile_field:
+        console.print("compiling with torch.compile: the first steps wait for it (minutes the first time, then cached)")
     with _progress() as progress:
         task = progress.add_task("optimizing", total=run_config.trainer.iters, speed=0.0, loss=float("nan"))
 
