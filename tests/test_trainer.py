@@ -141,19 +141,24 @@ def test_textureless_steps_use_the_priors_textureless_embeddings(textureless_pro
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
-def test_compiled_field_trains_like_the_eager_field(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compiled_field_gives_the_eager_fields_gradients(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # aot_eager checks what torch.compile traces of the field (custom gather, analytic normals, dynamic sample
-    # counts); inductor also runs the generated kernels.
+    # counts); inductor also runs the generated kernels. Gradients of single steps are compared: Adam (eps
+    # 1e-15) turns rounding-level gradients into full steps, so parameters after several steps would not be.
     monkeypatch.setattr(CompiledField, "backend", backend)
-    overrides = {"shading": {"albedo_warmup_steps": 0}}  # shaded steps: the normals path is compiled too
-    eager = Trainer(tiny_config(trainer={"iters": 4}, **overrides), _prior(), torch.device("cpu"))
-    compiled = Trainer(tiny_config(trainer={"iters": 4, "compile_field": True}, **overrides), _prior(), torch.device("cpu"))
-    initial = eager.field.encoding.tables.detach().clone()
-    eager.fit()
-    compiled.fit()
-    assert not torch.equal(eager.field.encoding.tables, initial)
-    for (name, a), (_, b) in zip(eager.field.state_dict().items(), compiled.field.state_dict().items(), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+    # Shaded steps and importance sampling: the normals and the density-only pass are compiled too.
+    overrides = {"shading": {"albedo_warmup_steps": 0}, "renderer": {"num_importance": 8}}
+    eager = Trainer(tiny_config(**overrides), _prior(), torch.device("cpu"))
+    compiled = Trainer(tiny_config(trainer={"compile_field": True}, **overrides), _prior(), torch.device("cpu"))
+    for _ in range(3):  # new sample counts each step: the compiled graphs are dynamic
+        eager_metrics, compiled_metrics = eager.train_step(), compiled.train_step()
+        assert compiled_metrics.shading == eager_metrics.shading
+        assert compiled_metrics.loss == pytest.approx(eager_metrics.loss, rel=1e-5)
+        for (name, a), b in zip(eager.field.named_parameters(), compiled.field.parameters(), strict=True):
+            scale = a.grad.abs().max()
+            assert scale > 0, name
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-4 * scale, msg=name)
+            b.data.copy_(a.data)  # the next step starts from the same field
 
 
 def test_compiled_field_needs_analytic_normals() -> None:

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
 from dreamfusion.cameras import CameraBatch
-from dreamfusion.field import NeRFField
+from dreamfusion.field import FieldConfig, FieldOutput, NeRFField
 from dreamfusion.shading import Background, ShadingMode, shade
+
+
+class SceneField(Protocol):
+    """What ``render`` needs of a field: ``NeRFField``, or the trainer's compiled wrapper of one."""
+
+    config: FieldConfig
+
+    def __call__(self, x: Float[Tensor, "N 3"], with_normals: bool = False) -> FieldOutput: ...
+
+    def density(self, x: Float[Tensor, "N 3"]) -> Float[Tensor, " N"]: ...
 
 
 @dataclass(frozen=True)
@@ -119,7 +130,7 @@ def composite(
 
 
 def render(
-    field: NeRFField,
+    field: SceneField,
     background: Background,
     cameras: CameraBatch,
     config: RendererConfig,

@@ -22,7 +22,7 @@ from dreamfusion.distributed import DistributedContext, all_reduce_mean, gather_
 from dreamfusion.field import FieldOutput, NeRFField
 from dreamfusion.priors.base import DiffusionPrior, PromptEmbeddings
 from dreamfusion.regularizers import loss_opacity, loss_orientation
-from dreamfusion.renderer import RendererConfig, RenderOutput, render
+from dreamfusion.renderer import RendererConfig, RenderOutput, SceneField, render
 from dreamfusion.schedules import LearningRateSchedule, Ramp
 from dreamfusion.sds import perp_neg_score_distillation, score_distillation
 from dreamfusion.shading import Background, sample_shading_mode
@@ -149,10 +149,10 @@ class SceneRenderer(nn.Module):
         super().__init__()
         self.field = field
         self.background = background
-        self.render_field: NeRFField | CompiledField = CompiledField(field) if compile_field else field
+        self.render_field: SceneField = CompiledField(field) if compile_field else field
 
     def forward(self, cameras: CameraBatch, config: RendererConfig, **options: Any) -> dict[str, Tensor | None]:
-        return dict(vars(render(self.render_field, self.background, cameras, config, **options)))  # type: ignore[arg-type]
+        return dict(vars(render(self.render_field, self.background, cameras, config, **options)))
 
 
 class CompiledField:
@@ -169,6 +169,9 @@ class CompiledField:
 
     def __call__(self, x: Float[Tensor, "N 3"], with_normals: bool = False) -> FieldOutput:
         return self._forward(x, with_normals)
+
+    def density(self, x: Float[Tensor, "N 3"]) -> Float[Tensor, " N"]:
+        return self._forward(x).density
 
 
 class Trainer:
