@@ -211,3 +211,23 @@ def test_generate_with_perp_neg_goes_through_the_trainer(sd_dir: Path, tiny_yaml
     assert yaml.safe_load((out / "config.yaml").read_text())["prior"]["perp_neg"] is True
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["step"] == 1 and not json.loads(lines[-1])["skipped"]
+
+
+def test_speed_options_leave_the_sds_gradient_unchanged(sd_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # channels-last, VAE slicing and torch.compile of the U-Net and the VAE encoder (what --compile turns on)
+    # change how the networks run, not what they compute. aot_eager: what torch.compile traces of the
+    # diffusers modules, without a minute of CPU code generation.
+    monkeypatch.setattr(StableDiffusionPrior, "compile_backend", "aot_eager")
+    def sds_gradient(**options: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        prior = StableDiffusionPrior(StableDiffusionPriorConfig(model=str(sd_dir), **options), CPU)
+        cond, uncond = prior.encode_prompt("a red chair").for_views(("front", "side"))
+        rgb = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3)).requires_grad_(True)
+        out = score_distillation(prior, prior.encode_images(rgb), cond, uncond, 100.0, (0.02, 0.98), "sds", torch.Generator().manual_seed(5))
+        out.loss_sds.backward()
+        return out.gradient, rgb.grad
+
+    plain = sds_gradient()
+    fast = sds_gradient(channels_last=True, vae_slicing=True, compile_unet=True, compile_vae=True)
+    torch.testing.assert_close(fast[0], plain[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fast[1], plain[1], rtol=1e-4, atol=1e-5)
+    assert plain[1].abs().sum() > 0

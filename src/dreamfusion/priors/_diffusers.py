@@ -183,6 +183,9 @@ class DiffusersPrior:
     ``_unet_forward`` and the text-encoder attributes (``_place``, ``_open_folder`` and
     ``_setup_unet_and_text`` set most of them)."""
 
+    compile_backend = "inductor"
+    """torch.compile backend of ``compile_unet`` / ``compile_vae``."""
+
     def _place(self, config: Any, device: torch.device | str) -> None:
         """Set ``config``, ``device`` and the weights' ``dtype`` (fp16 on CUDA unless ``config.precision`` says)."""
         self.config = config
@@ -214,7 +217,7 @@ class DiffusersPrior:
 
         self._unet_forward: Any = self._plain_unet_forward
         if config.compile_unet:
-            self._compiled_unet = torch.compile(self.unet)
+            self._compiled_unet = torch.compile(self.unet, backend=self.compile_backend)
             self._unet_forward = self._compiled_forward
         if config.cuda_graph and self.device.type == "cuda":
             self._unet_forward = GraphedForward(self._unet_forward)

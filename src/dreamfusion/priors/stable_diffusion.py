@@ -136,7 +136,9 @@ class StableDiffusionPrior(shared.DiffusersPrior):
         side = self.vae_resolution // self.vae_scale
         self.resolution = config.resolution
         self.latent_shape = (int(self.unet.config.in_channels), side, side)
-        self._encode_latents: Any = torch.compile(self._posterior_latents) if config.compile_vae else self._posterior_latents
+        self._encode_latents: Any = self._posterior_latents
+        if config.compile_vae:
+            self._encode_latents = torch.compile(self._posterior_latents, backend=self.compile_backend)
 
     # -- text ------------------------------------------------------------------------------------
     def _load_text_encoder(self) -> None:
