@@ -19,6 +19,7 @@ unless the user turns it on).
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -120,9 +121,12 @@ def barrier(context: DistributedContext) -> None:
 
 
 def cleanup(context: DistributedContext) -> None:
-    """Destroy the process group, if this job has one."""
+    """Destroy the process group, if this job has one, and collect garbage at once: objects in reference
+    cycles that still hold the group (DDP wrappers) are otherwise freed during interpreter teardown, where a
+    two-process gloo run aborted at exit about once in eight (none in 20 runs with the collection here)."""
     if context.distributed and group_exists():
         dist.destroy_process_group()
+        gc.collect()
 
 
 def gather_to_main(context: DistributedContext, obj: Any) -> list[Any] | None:
