@@ -97,13 +97,9 @@ def generate(
     from dreamfusion.typed_config import ConfigError
 
     prompt = validate_prompt(prompt)
-    if prior not in PRIOR_NAMES:
-        raise PriorError(f"unknown prior {prior!r}; choose one of: {', '.join(PRIOR_NAMES)}")
-    if iters is not None and iters <= 0:
-        raise ConfigError(f"--iters must be a positive number of steps, got {iters}")
+    overrides = {"prompt": prompt, **_run_overrides(prior, model, seed, device, iters, compile)}
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"--device must be auto, cpu or cuda, got {device!r}")
-    overrides = {"prompt": prompt, **_run_overrides(prior, model, seed, device, iters, compile)}
     if guidance_scale is not None:
         overrides["guidance"] = {"guidance_scale": guidance_scale}
     run_config = build_config(preset, config, overrides)
@@ -146,7 +142,14 @@ COMPILE_HELP = (
 
 
 def _run_overrides(prior: str, model: str | None, seed: int, device: str, iters: int | None, compile: bool) -> dict[str, Any]:
-    """Config overrides from the options generate and batch share."""
+    """Config overrides from the options generate and batch share, after the checks of those options that
+    name the option in their message."""
+    from dreamfusion.typed_config import ConfigError
+
+    if prior not in PRIOR_NAMES:
+        raise PriorError(f"unknown prior {prior!r}; choose one of: {', '.join(PRIOR_NAMES)}")
+    if iters is not None and iters <= 0:
+        raise ConfigError(f"--iters must be a positive number of steps, got {iters}")
     overrides: dict[str, Any] = {"seed": seed, "device": device, "prior": {"name": prior, "model": model}, "trainer": {}}
     if iters is not None:
         overrides["trainer"]["iters"] = iters
@@ -193,12 +196,7 @@ def batch(
     from dreamfusion.batch import read_prompts, run_batch_from_env
     from dreamfusion.config import build_config
     from dreamfusion.distributed import is_main_process
-    from dreamfusion.typed_config import ConfigError
 
-    if prior not in PRIOR_NAMES:
-        raise PriorError(f"unknown prior {prior!r}; choose one of: {', '.join(PRIOR_NAMES)}")
-    if iters is not None and iters <= 0:
-        raise ConfigError(f"--iters must be a positive number of steps, got {iters}")
     base = build_config(preset, config, _run_overrides(prior, model, seed, device, iters, compile))
     if _relaunch_under_torchrun(gpus, lambda: read_prompts(prompts)):
         return
