@@ -149,7 +149,13 @@ class SceneRenderer(nn.Module):
         super().__init__()
         self.field = field
         self.background = background
-        self.render_field: SceneField = CompiledField(field) if compile_field else field
+        self._compiled = CompiledField(field) if compile_field else None
+
+    @property
+    def render_field(self) -> SceneField:
+        """What training renders call: the compiled wrapper with ``compile_field``, else the field itself (kept
+        out of the module's attributes, so the field is registered once)."""
+        return self.field if self._compiled is None else self._compiled
 
     def forward(self, cameras: CameraBatch, config: RendererConfig, **options: Any) -> dict[str, Tensor | None]:
         return dict(vars(render(self.render_field, self.background, cameras, config, **options)))
