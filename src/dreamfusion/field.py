@@ -285,13 +285,14 @@ class NeRFField(nn.Module):
                 hidden = hidden * gate
             else:
                 raise TypeError(f"analytic normals do not support {type(layer).__name__} layers")
-        raw_density = hidden[:, 0] + self.density_bias(x)
-        return raw_density, hidden[:, 1:], tangent[:, :, 0] + self.density_bias_gradient(x)
+        bias = self.density_bias(x)
+        return hidden[:, 0] + bias, hidden[:, 1:], tangent[:, :, 0] + self._density_bias_gradient(x, bias)
 
-    def density_bias_gradient(self, x: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3"]:
+    def _density_bias_gradient(self, x: Float[Tensor, "N 3"], bias: Float[Tensor, " N"]) -> Float[Tensor, "N 3"]:
+        """Gradient of ``density_bias`` at x, given its value there."""
         lam, sigma = self.config.blob
         if self.config.density_bias == "blob_dreamfusion":
-            return self.density_bias(x)[:, None] * (-x / sigma**2)
+            return bias[:, None] * (-x / sigma**2)
         if self.config.density_bias == "blob_magic3d":
             return -lam / sigma * x / x.norm(dim=-1, keepdim=True).clamp(min=1e-12)
         return torch.zeros_like(x)
