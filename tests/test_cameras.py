@@ -94,3 +94,21 @@ def test_bad_camera_config_is_refused() -> None:
         CameraConfig(resolution=0)
     with pytest.raises(ValueError, match="distance_range"):
         CameraConfig(distance_range=(2.0, 1.0))
+
+
+@pytest.mark.parametrize("max_rays", [1, 7, 16, 40, 64, 100, 10**6])
+def test_ray_chunks_cover_every_ray_once_in_order(max_rays: int) -> None:
+    cameras = turntable_cameras(TurntableConfig(frames=3, resolution=4))
+    seen = torch.zeros(3, 4, 4, dtype=torch.long)
+    order = []
+    for camera_slice, row_slice in cameras.ray_chunks(max_rays):
+        part = cameras.subset(camera_slice, row_slice)
+        assert part.rays_o.shape[0] * part.rays_o.shape[1] * 4 <= max(max_rays, 4)  # at least one row
+        assert torch.equal(part.rays_d, cameras.rays_d[camera_slice, row_slice])
+        assert torch.equal(part.distance, cameras.distance[camera_slice])
+        assert part.view_labels == cameras.view_labels[camera_slice]
+        seen[camera_slice, row_slice] += 1
+        order.append((camera_slice.start, row_slice.start))
+    assert (seen == 1).all() and order == sorted(order)
+    with pytest.raises(ValueError, match="max_rays"):
+        cameras.ray_chunks(0)

@@ -7,8 +7,8 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from conftest import TINY_OVERRIDES
 from dreamfusion.cli import app
+from helpers import TINY_OVERRIDES, run_cli, snapshot, tiny_config_file
 
 runner = CliRunner()
 
@@ -115,7 +115,7 @@ def test_corrupt_or_mismatched_checkpoint_on_resume(tmp_path: Path, tiny_yaml: P
     config = yaml.safe_load((out / "config.yaml").read_text())
     config["field"]["hidden"] = 8
     (out / "config.yaml").write_text(yaml.safe_dump(config))
-    _assert_user_error(_run("generate", "a ball", "--iters", "4", "--resume", *common), "another config")
+    _assert_user_error(_run("generate", "a ball", "--iters", "4", "--resume", "--out", str(out)), "another config", "field.hidden")
     assert (out / "checkpoint.pt").read_bytes() == good
     _assert_user_error(_run("generate", "a ball", "--resume", "--out", str(tmp_path / "none")), "nothing to resume")
 
@@ -150,15 +150,7 @@ def test_out_of_vocabulary_prompt_with_the_embedded_prior(tmp_path: Path, monkey
 
 
 def test_compile_option_turns_on_every_compiled_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import dreamfusion.run
-
-    seen = []
-
-    def capture(config: object, *args: object, **kwargs: object) -> None:
-        seen.append(config)
-        raise dreamfusion.run.RunError("captured")
-
-    monkeypatch.setattr(dreamfusion.run, "generate", capture)
+    seen = capture_run_configs(monkeypatch)
     outputs = [_run("generate", "a red chair", "--out", str(tmp_path / "run"), "--device", "cpu", *extra).output
                for extra in ((), ("--compile",))]
     assert "compiling" not in outputs[0] and "compiling with torch.compile" in outputs[1]
@@ -245,3 +237,214 @@ def test_export_view_and_eval_clip_commands(tmp_path: Path, tiny_yaml: Path) -> 
     _assert_user_error(_run("view", str(tmp_path)), "is not a dreamfusion run")
     _assert_user_error(_run("eval-clip", str(out), "--clip", str(tmp_path / "no-clip")), "huggingface-cli download")
     _assert_user_error(_run("render", str(out), "--panels", "rgb,depth"), "unknown panel 'rgb'")
+
+
+# ----- bad input, fuzzed: one line, exit 2, and an existing run left byte for byte ----------------------
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("fuzz")
+    out = folder / "run"
+    result = run_cli("generate", "a ball", "--prior", "analytic", "--config", str(tiny_config_file(folder)),
+                     "--iters", "2", "--out", str(out), "--device", "cpu")  # fmt: skip
+    assert result.code == 0, result.output
+    return out
+
+
+def _fuzz_files(folder: Path) -> dict[str, Path]:
+    files = {"latin1": folder / "latin1.yaml", "dir": folder / "a-folder", "prompts_latin1": folder / "prompts.txt"}
+    files["latin1"].write_bytes("prompt: une chaise rouge, très\n".encode("latin-1"))
+    files["dir"].mkdir(exist_ok=True)
+    files["prompts_latin1"].write_bytes("a red chair\nune chaise tr\xe8s\n".encode("latin-1"))
+    for name, text in {
+        "nan_lr": "trainer: {lr: .nan}", "inf_lr": "trainer: {lr: .inf}", "neg_inf": "guidance: {guidance_scale: -.inf}",
+        "overflow": "trainer: {lr: 1.0e+400}", "big_seed": "seed: 18446744073709551616", "str_seed": "seed: seven",
+        "unknown": "trainer: {iterz: 5}", "list": "- 1\n- 2", "huge_res": "camera: {resolution: 100000}",
+        "huge_table": "field: {encoding: {log2_table_size: 48}}", "huge_frames": "turntable: {frames: 1000000000}",
+        "bad_prior": "prior: {name: dalle}",
+    }.items():  # fmt: skip
+        files[name] = folder / f"{name}.yaml"
+        files[name].write_text(text + "\n")
+    return files
+
+
+def _fuzz_cases(run: Path, files: dict[str, Path], scratch: Path) -> list[tuple[str, ...]]:
+    new = ("--out", str(scratch / "new"))
+    analytic = ("--prior", "analytic", "--device", "cpu")
+    r = str(run)
+    cases = [
+        ("generate", "", *new), ("generate", "   ", *new), ("generate", *new),
+        ("generate", "a ball", "--iters", "0", *new), ("generate", "a ball", "--iters", "-5", *new),
+        ("generate", "a ball", "--iters", "1e12", *new), ("generate", "a ball", "--iters", "many", *new),
+        ("generate", "a ball", "--seed", "18446744073709551616", *new), ("generate", "a ball", "--seed", "-1", *new),
+        ("generate", "a ball", "--prior", "nope", *new), ("generate", "a ball", "--preset", "ultra", *new),
+        ("generate", "a ball", "--device", "tpu", *new), ("generate", "a ball", "--guidance-scale", "-3", *new),
+        ("generate", "a ball", "--guidance-scale", "nan", *analytic, *new), ("generate", "a ball", "--itters", "3", *new),
+        ("generate", "a ball", "--gpus", "0", *new),
+        ("generate", "a purple spaceship", *new), ("generate", "a red chair 🪑 ünïcödé", *new),
+        ("generate", "a red chair, front view", *new),
+        *[("generate", "a ball", *analytic, "--config", str(files[name]), *new) for name in (
+            "latin1", "dir", "nan_lr", "inf_lr", "neg_inf", "overflow", "big_seed", "str_seed", "unknown", "list",
+            "huge_res", "huge_table", "huge_frames", "bad_prior")],
+        ("generate", "a ball", *analytic, "--config", str(scratch / "missing.yaml"), *new),
+        ("generate", "a ball", *analytic, "--out", r), ("generate", "a ball", *analytic, "--out", r, "--resume", "--overwrite"),
+        ("generate", "a ball", *analytic, "--out", r, "--resume"), ("generate", "a ball", *analytic, "--out", r, "--resume", "--seed", "5"),
+        ("generate", "a cube", *analytic, "--out", r, "--resume", "--iters", "9"),
+        ("generate", "a ball", *analytic, "--out", str(run / "config.yaml")),
+        ("generate", "a ball", *analytic, "--out", str(run / "config.yaml" / "sub")),
+        ("render", r, "--resolution", "100000", "--device", "cpu"), ("render", r, "--frames", "1000000000", "--device", "cpu"),
+        ("render", r, "--resolution", "0", "--device", "cpu"), ("render", r, "--elevation", "nan", "--device", "cpu"),
+        ("render", r, "--panels", "rgb", "--device", "cpu"), ("render", str(scratch), "--device", "cpu"),
+        ("export", r, "--resolution", "100000", "--device", "cpu"),
+        ("export", r, "--format", "ply", "--out", str(scratch / "m.glb"), "--device", "cpu"),
+        ("export", r, "--out", str(scratch / "m.stl"), "--device", "cpu"), ("export", r, "--format", "stl", "--device", "cpu"),
+        ("export", r, "--threshold", "nan", "--device", "cpu"), ("export", r, "--resolution", "2", "--device", "cpu"),
+        ("export", r, "--decimate", "3", "--device", "cpu"), ("export", str(scratch), "--device", "cpu"),
+        ("export", r, "--out", str(scratch / "no" / "such" / "m.glb"), "--resolution", "16", "--device", "cpu"),
+        ("eval-3d", str(scratch)), ("view", str(scratch)),
+        ("eval-clip", r, "--clip", str(scratch / "no-clip"), "--resolution", "100000", "--device", "cpu"),
+        ("sample-prior", "a red chair", "--seed", "18446744073709551616", "--out", str(scratch / "s.png")),
+        ("sample-prior", "a red chair", "-n", "0", "--out", str(scratch / "s.png")),
+        ("train-prior", "--out", str(scratch / "prior"), "--minutes", "nan"),
+        ("train-prior", "--out", str(scratch / "prior"), "--seed", "-4"),
+        ("batch", str(files["prompts_latin1"]), "--out", str(scratch / "b")),
+        ("batch", str(scratch / "none.txt"), "--out", str(scratch / "b")),
+        ("batch", str(files["prompts_latin1"]), "--out", str(scratch / "b"), "--seed", "18446744073709551616"),
+        ("frobnicate",),
+    ]
+    if not torch.cuda.is_available():
+        cases.append(("generate", "a ball", "--prior", "analytic", "--device", "cuda", *new))
+    return cases
+
+
+def test_bad_invocations_fail_in_one_line_and_leave_the_run_as_it_was(finished_run: Path, tmp_path: Path) -> None:
+    files = _fuzz_files(tmp_path)
+    cases = _fuzz_cases(finished_run, files, tmp_path)
+    assert len(cases) >= 40
+    before = snapshot(finished_run)
+    failures = []
+    for args in cases:
+        result = run_cli(*args)
+        ok = result.code == 2 and "Traceback" not in result.output and len(result.lines) == 1
+        if not ok:
+            failures.append(f"{args}: exit {result.code}, output {result.output!r}")
+        assert snapshot(finished_run) == before, args
+    assert not failures, "\n".join(failures)
+    assert not (tmp_path / "new").exists() and not (tmp_path / "b").exists()
+
+
+MESSAGES = [
+    # (arguments, with RUN for the finished run, NEW for a fresh --out and FILE:name for a fuzz file), fragment
+    (("generate", "a ball", "--iters", "1e12", "NEW"), "Invalid value for '--iters': Input should be a valid integer, unable to parse string as an integer (got '1e12')"),
+    (("generate", "a ball", "--seed", "18446744073709551616", "NEW"), "--seed must be an integer from 0 to 9223372036854775807"),
+    (("generate", "a red chair 🪑 ünïcödé", "NEW"), "does not know the word '🪑'"),
+    (("generate", "a ball", "--prior", "analytic", "--config", "FILE:latin1", "NEW"), "is not UTF-8 text"),
+    (("generate", "a ball", "--prior", "analytic", "--config", "FILE:nan_lr", "NEW"), "trainer.lr: expected a finite number, got nan"),
+    (("generate", "a ball", "--prior", "analytic", "--device", "cpu", "--config", "FILE:huge_res", "NEW"),
+     "camera.resolution 100000 needs at least"),
+    (("render", "RUN", "--resolution", "100000", "--device", "cpu"), "--resolution 100000 needs at least"),
+    (("export", "RUN", "--resolution", "100000", "--device", "cpu"), "--resolution 100000 needs at least"),
+    (("export", "RUN", "--format", "ply", "--out", "m.glb"), "--format ply contradicts --out"),
+    (("generate", "a ball", "--prior", "analytic", "--device", "cpu", "--out", "RUN", "--resume", "--seed", "5"),
+     "cannot resume with other settings (seed)"),
+]
+
+
+@pytest.mark.parametrize(("args", "fragment"), MESSAGES)
+def test_bad_input_messages_name_the_problem_and_the_limit(
+    args: tuple[str, ...], fragment: str, finished_run: Path, tmp_path: Path
+) -> None:
+    files = _fuzz_files(tmp_path)
+
+    def resolve(arg: str) -> list[str]:
+        if arg == "RUN":
+            return [str(finished_run)]
+        if arg == "NEW":
+            return ["--out", str(tmp_path / "new")]
+        if arg.startswith("FILE:"):
+            return [str(files[arg[5:]])]
+        return [str(tmp_path / arg)] if arg == "m.glb" else [arg]
+
+    result = run_cli(*[part for arg in args for part in resolve(arg)])
+    assert result.code == 2, result.output
+    assert fragment in " ".join(result.output.split()), result.output
+    if "needs at least" in fragment:
+        assert "fits" in result.output  # the message states the limit
+
+
+# ----- precedence: preset < config file < flags the user typed ---------------------------------------
+
+FLAG_KEYS = [
+    # flag, its value, the config key it sets, a different value for the file
+    ("--prior", "analytic", ("prior", "name"), "embedded"),
+    ("--model", "weights-b", ("prior", "model"), "weights-a"),
+    ("--iters", "7", ("trainer", "iters"), 50),
+    ("--seed", "3", ("seed",), 7),
+    ("--device", "cpu", ("device",), "auto"),
+    ("--guidance-scale", "12.5", ("guidance", "guidance_scale"), 40.0),
+]
+
+
+def _nested(keys: tuple[str, ...], value: object) -> dict:
+    return {keys[0]: value} if len(keys) == 1 else {keys[0]: _nested(keys[1:], value)}
+
+
+def _get(config: object, keys: tuple[str, ...]) -> object:
+    for key in keys:
+        config = getattr(config, key)
+    return config
+
+
+@pytest.mark.parametrize("command", ["generate", "batch"])
+@pytest.mark.parametrize(("flag", "flag_value", "keys", "file_value"), FLAG_KEYS)
+def test_config_file_values_stand_unless_a_flag_is_typed(
+    command: str, flag: str, flag_value: str, keys: tuple[str, ...], file_value: object, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    import dreamfusion.batch
+    import dreamfusion.run
+
+    if command == "batch" and flag == "--guidance-scale":
+        pytest.skip("batch has no --guidance-scale flag")
+    seen = capture_run_configs(monkeypatch)
+    monkeypatch.setattr(dreamfusion.batch, "run_batch_from_env", lambda prompts, out, base, **kw: dreamfusion.run.generate(base))
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(_nested(keys, file_value)))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red ball\n")
+    head = ("generate", "a red ball") if command == "generate" else ("batch", str(prompts))
+    base = (*head, "--out", str(tmp_path / "out"), "--prior", "analytic", "--preset", "preview")
+    if flag == "--prior":
+        base = (*head, "--out", str(tmp_path / "out"), "--preset", "preview")
+    for extra in ((), ("--config", str(config)), ("--config", str(config), flag, flag_value)):
+        assert run_cli(*base, *extra).code == 2
+    preset_only, from_file, from_flag = seen
+    expected_flag = type(file_value)(flag_value) if not isinstance(file_value, str) else flag_value
+    assert _get(from_file, keys) == file_value, "the config file's value was overridden by a flag's default"
+    assert _get(from_flag, keys) == expected_flag
+    if keys == ("trainer", "iters"):
+        assert _get(preset_only, keys) == 700  # the preview preset's, below the file's
+
+
+def test_compile_flag_adds_to_the_config_files_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = capture_run_configs(monkeypatch)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"seed": 9, "prior": {"name": "analytic", "cuda_graph": False}}))
+    assert run_cli("generate", "a ball", "--config", str(config), "--compile", "--out", str(tmp_path / "o")).code == 2
+    (compiled,) = seen
+    assert compiled.trainer.compile_field and compiled.prior.compile_unet and compiled.prior.channels_last
+    assert compiled.seed == 9 and compiled.prior.name == "analytic" and compiled.prior.cuda_graph is False
+
+
+def capture_run_configs(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The configs that generate (the run function) is called with, in place of running them."""
+    import dreamfusion.run
+
+    seen: list = []
+
+    def capture(config: object, *args: object, **kwargs: object) -> None:
+        seen.append(config)
+        raise dreamfusion.run.RunError("captured")
+
+    monkeypatch.setattr(dreamfusion.run, "generate", capture)
+    return seen

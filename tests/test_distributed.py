@@ -15,7 +15,7 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 
-from conftest import TINY_OVERRIDES, tiny_config
+from helpers import TINY_OVERRIDES, assert_close_scaled, tiny_config
 from dreamfusion import batch
 from dreamfusion.batch import read_prompts, run_batch, shard
 from dreamfusion.cameras import CameraBatch, sample_cameras
@@ -79,7 +79,7 @@ def _two_cameras(config) -> CameraBatch:
 
 
 def _camera(cameras: CameraBatch, i: int) -> CameraBatch:
-    return CameraBatch(**{k: getattr(cameras, k)[i : i + 1] for k in CameraBatch.__dataclass_fields__})
+    return cameras.subset(slice(i, i + 1))
 
 
 def _jitter_after_first_view(config) -> torch.Tensor:
@@ -122,12 +122,16 @@ def test_one_data_parallel_step_equals_one_step_of_batch_two(task: str, tmp_path
     ranks = [torch.load(tmp_path / f"step.rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
     assert ranks[0]["loss"] == pytest.approx(metrics.loss, rel=1e-5)  # logged loss: the mean over ranks
+    # The ranks and the single process sum the same float32 terms in other orders: each tolerance is scaled
+    # to the largest magnitude compared, never absolute near zero.
     for rank in ranks:
         for got, want in zip(rank["grads"], expected["grads"], strict=True):
-            assert torch.allclose(got, want, rtol=1e-4, atol=1e-9), (got - want).abs().max()
-        for got, want, start in zip(rank["params"], expected["params"], before, strict=True):
+            assert_close_scaled(got, want, rel=1e-5)
+        for got, want, start, grad in zip(rank["params"], expected["params"], before, expected["grads"], strict=True):
             assert not torch.equal(got, start)
-            assert torch.allclose(got, want, atol=1e-6), (got - want).abs().max()
+            # Adam's first step is about lr * sign(gradient): compare it where that sign is beyond rounding.
+            firm = grad.abs() > 1e-3 * grad.abs().max()
+            assert_close_scaled((got - start)[firm], (want - start)[firm], rel=1e-4)
     for a, b in zip(ranks[0]["params"], ranks[1]["params"], strict=True):
         assert torch.equal(a, b)  # the ranks never part
 
@@ -159,7 +163,7 @@ def _task_generate(context: DistributedContext, tmp: Path) -> None:
     _record_writes_under(runs, writes)
     config = tiny_config(trainer={"iters": 4, "checkpoint_every": 2})  # random solid background: DDP finds unused
     result = generate(config, runs / "straight", context=context)
-    assert result.outputs.preview.name == "preview.png"  # the main rank's outputs, on every rank
+    assert "preview.png" in result.written  # the main rank's outputs, on every rank
     generate(replace(config, trainer=replace(config.trainer, iters=2)), runs / "resumed", context=context)
     generate(config, runs / "resumed", resume=True, resume_iters=4, context=context)
     (tmp / f"writes.rank{context.rank}.json").write_text(json.dumps(writes))

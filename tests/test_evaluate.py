@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import empty_tiny_field
 from dreamfusion.embedded.probe import Probe, ProbeModelConfig, ProbeNet, ProbePrediction
 from dreamfusion.evaluate import (
     Eval3DConfig,
@@ -21,12 +22,13 @@ from dreamfusion.evaluate import (
     janus_rate,
     occupancy_iou,
     parse_subject,
+    render_scene_views,
 )
 from dreamfusion.export.video import Scene
 from dreamfusion.field import FieldConfig, FieldOutput
 from dreamfusion.priors.base import PriorError
 from dreamfusion.procedural.objects import occupancy_grid
-from dreamfusion.renderer import RendererConfig
+from dreamfusion.renderer import OccupancyGrid, RendererConfig
 from dreamfusion.shading import Background, BackgroundConfig, ShadingConfig
 
 
@@ -160,3 +162,19 @@ def test_best_turn_finds_a_right_shape_facing_the_wrong_way() -> None:
     iou, degrees = best_turn(facing_left, canonical, "chair", config)
     assert iou == 1.0 and degrees == 90.0
     assert best_turn(facing_left, canonical, "chair", Eval3DConfig(grid_resolution=32, turns=1))[1] == 0.0
+
+
+def test_evaluate_3d_of_an_empty_field_scores_an_empty_grid() -> None:
+    torch.manual_seed(0)
+    probe = Probe(ProbeNet(ProbeModelConfig(widths=(8, 16), head_hidden=16)))
+    field = empty_tiny_field()
+    renderer = RendererConfig(num_samples=8, num_importance=4)
+    grid = OccupancyGrid.from_field(field, resolution=16)  # coarse: the default one costs more than the renders
+    scene = Scene(field, Background(BackgroundConfig()), renderer, ShadingConfig(), occupancy=grid)
+    config = Eval3DConfig(elevations=(15.0,), azimuths=2, resolution=8, grid_resolution=16, turns=2, max_rays=50)
+    cameras = evaluation_cameras(config)
+    views = render_scene_views(scene, cameras, "lambertian", config)
+    assert views.shape == (2, 3, 8, 8) and torch.equal(views, torch.ones_like(views))  # all white background
+    result = evaluate_3d(scene, "a red chair", probe, "cpu", config)
+    assert result.occupied_voxels == 0 and result.occupancy_iou == 0.0 and result.true_voxels > 0
+    assert len(result.views) == result.probe.count == 2

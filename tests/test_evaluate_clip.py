@@ -11,7 +11,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from conftest import TINY_OVERRIDES
+from helpers import TINY_OVERRIDES
 from dreamfusion.evaluate_clip import (
     FETCH_HINT, ClipEvalConfig, ClipEvalError, caption_set, default_captions, evaluate_run_clip, load_clip, r_precision,
     read_captions,
@@ -135,3 +135,20 @@ def test_evaluate_a_run_end_to_end(tiny_clip: Path, tmp_path: Path) -> None:
         assert all(1 <= rank <= 4 for rank in mode.true_ranks)
     saved = json.loads((run / "eval_clip.json").read_text())
     assert saved["prompt"] == "a red ball" and set(saved["r_precision"]) == {"albedo", "geo"}
+
+
+def test_an_empty_field_renders_and_ranks(tiny_clip: Path) -> None:
+    from helpers import empty_tiny_field
+    from dreamfusion.evaluate_clip import evaluate_views, render_views
+    from dreamfusion.export.video import Scene
+    from dreamfusion.renderer import OccupancyGrid, RendererConfig
+    from dreamfusion.shading import Background, BackgroundConfig, ShadingConfig
+
+    field = empty_tiny_field()
+    grid = OccupancyGrid.from_field(field, resolution=16)
+    scene = Scene(field, Background(BackgroundConfig()), RendererConfig(num_samples=8), ShadingConfig(), occupancy=grid)
+    renders = render_views(scene, ClipEvalConfig(views=3, resolution=8), distance=1.25)
+    assert set(renders) == {"albedo", "geo"}
+    assert all(images.shape == (3, 8, 8, 3) and (images == 255).all() for images in renders.values())  # white
+    results = evaluate_views(load_clip(tiny_clip), renders, "a red ball", ["a cat", "a dog"])
+    assert all(len(result.true_ranks) == 3 and 0.0 <= result.r_precision <= 1.0 for result in results.values())

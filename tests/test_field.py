@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from dreamfusion.field import FieldConfig, HashGridConfig, HashGridEncoding, NeRFField, gather_rows
@@ -90,3 +91,31 @@ def test_gather_rows_is_twice_differentiable_like_indexing() -> None:
     (grad,) = torch.autograd.grad((gather_rows(table, index) * 3).sum(), table)
     counts = torch.bincount(index, minlength=7).to(grad.dtype)
     assert torch.allclose(grad, 3 * counts[:, None].expand(7, 2))
+
+
+def test_encoding_of_zero_points_is_empty_and_differentiable() -> None:
+    encoding = HashGridEncoding(HashGridConfig(levels=3, log2_table_size=8, base_resolution=4, max_resolution=32))
+    features = encoding(torch.zeros(0, 3))
+    values, jacobian = encoding.forward_with_jacobian(torch.zeros(0, 3))
+    assert features.shape == values.shape == (0, 6) and jacobian.shape == (0, 3, 6)
+    (features.sum() + values.sum() + jacobian.sum()).backward()
+    assert encoding.tables.grad is not None and not encoding.tables.grad.any()
+
+
+@pytest.mark.parametrize("method", ["analytic", "autograd", "finite_difference"])
+def test_field_of_zero_points_is_empty_and_gradients_still_flow(method: str) -> None:
+    field = _tiny_field(normals=method)
+    empty, points = torch.zeros(0, 3), (torch.rand(32, 3, generator=torch.Generator().manual_seed(5)) - 0.5)
+    assert field.density(empty).shape == (0,)
+    plain = field(empty)
+    assert plain.density.shape == (0,) and plain.albedo.shape == (0, 3) and plain.normals is None
+    with torch.no_grad():
+        assert field(empty, with_normals=True).normals.shape == (0, 3)
+    nothing, something = field(empty, with_normals=True), field(points, with_normals=True)
+    assert nothing.density.shape == (0,) and nothing.albedo.shape == nothing.normals.shape == (0, 3)
+    # A loss over both: the empty stage adds nothing and does not break the backward pass.
+    loss = sum(out.density.sum() + out.albedo.sum() + out.normals.sum() for out in (nothing, something))
+    loss.backward()
+    grads = [p.grad for p in field.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert field.encoding.tables.grad.abs().sum() > 0

@@ -1,10 +1,13 @@
 import math
+from dataclasses import replace
 
+import pytest
 import torch
 from torch import nn
 
+from helpers import empty_tiny_field, tiny_config
 from dreamfusion.cameras import TurntableConfig, turntable_cameras
-from dreamfusion.field import FieldConfig, FieldOutput
+from dreamfusion.field import FieldConfig, FieldOutput, NeRFField
 from dreamfusion.renderer import OccupancyGrid, RendererConfig, composite, ray_sphere_interval, render
 from dreamfusion.shading import Background, BackgroundConfig
 
@@ -97,3 +100,87 @@ def test_occupancy_grid_skips_only_empty_space() -> None:
     full = render(field, background, cameras, RendererConfig(num_samples=128))
     skipped = render(field, background, cameras, RendererConfig(num_samples=128), occupancy=grid)
     assert torch.allclose(full.rgb, skipped.rgb, atol=1e-5)
+
+
+# ----- zero samples: empty fields, empty grids and rays that miss --------------------------------------
+
+def _tiny_cameras(frames: int = 2, resolution: int = 8):
+    return turntable_cameras(TurntableConfig(frames=frames, resolution=resolution))
+
+
+def _backdrop(colour=(0.2, 0.4, 0.6)) -> Background:
+    return Background(BackgroundConfig(kind="random_solid", eval_colour=colour))
+
+
+def _assert_background(out, colour) -> None:
+    assert torch.equal(out.opacity, torch.zeros_like(out.opacity))
+    assert torch.equal(out.depth, torch.zeros_like(out.depth)) and torch.equal(out.normals, torch.zeros_like(out.normals))
+    assert torch.equal(out.rgb, torch.tensor(colour).expand_as(out.rgb))
+
+
+def _assert_backward_leaves_finite_grads(out, field) -> None:
+    (out.rgb.mean() + out.opacity.mean()).backward()
+    grads = [p.grad for p in field.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_an_empty_occupancy_grid_renders_the_background() -> None:
+    torch.manual_seed(0)
+    field = NeRFField(tiny_config().field)  # the blob: visible without the grid
+    cameras, config = _tiny_cameras(), RendererConfig(num_samples=16)
+    assert render(field, _backdrop(), cameras, config).opacity.max() > 0.5
+    nothing = OccupancyGrid(torch.zeros(8, 8, 8, dtype=torch.bool), field.config.bound)
+    out = render(field, _backdrop(), cameras, config, shading="lambertian", with_normals=True, occupancy=nothing)
+    _assert_background(out, (0.2, 0.4, 0.6))
+    _assert_backward_leaves_finite_grads(out, field)
+
+
+def test_rays_that_miss_the_bounding_sphere_render_the_background() -> None:
+    torch.manual_seed(0)
+    field = NeRFField(tiny_config().field)
+    towards = _tiny_cameras()
+    # Cameras outside the sphere, looking away from it.
+    away = replace(towards, rays_o=towards.rays_o * 3, rays_d=-towards.rays_d)
+    config = RendererConfig(num_samples=16, num_importance=4)
+    out = render(field, _backdrop(), away, config, shading="textureless", with_normals=True)
+    _assert_background(out, (0.2, 0.4, 0.6))
+    _assert_backward_leaves_finite_grads(out, field)
+
+
+@pytest.mark.parametrize(
+    ("shading", "with_normals", "num_importance"),
+    [("lambertian", True, 0), ("textureless", False, 0), ("albedo", True, 8), ("lambertian", False, 8)],
+)
+def test_an_empty_field_renders_the_background(shading: str, with_normals: bool, num_importance: int) -> None:
+    field = empty_tiny_field()
+    config = RendererConfig(num_samples=16, num_importance=num_importance)
+    out = render(field, _backdrop(), _tiny_cameras(), config, shading=shading, with_normals=with_normals)  # type: ignore[arg-type]
+    _assert_background(out, (0.2, 0.4, 0.6))
+    if with_normals or shading != "albedo":
+        # No sample is significant: the normals pass had no samples at all.
+        assert out.sample_normals is not None and not out.sample_normals.any()
+    _assert_backward_leaves_finite_grads(out, field)
+
+
+def test_training_an_empty_field_renders_the_augmented_background() -> None:
+    field = empty_tiny_field()
+    cameras = _tiny_cameras()
+    background = _backdrop()
+    config = RendererConfig(num_samples=16, num_importance=8)
+    out = render(field, background, cameras, config, shading="lambertian", with_normals=True, training=True,
+                 host_generator=torch.Generator().manual_seed(7), device_generator=torch.Generator().manual_seed(8))  # fmt: skip
+    expected = background.colour(cameras.rays_d, True, torch.Generator().manual_seed(7))
+    assert torch.equal(out.opacity, torch.zeros_like(out.opacity)) and torch.equal(out.rgb, expected)
+    _assert_backward_leaves_finite_grads(out, field)
+
+
+def test_zero_cameras_render_zero_images() -> None:
+    field = empty_tiny_field()
+    cameras = _tiny_cameras().subset(slice(0, 0))
+    out = render(field, _backdrop(), cameras, RendererConfig(num_samples=16, num_importance=4), shading="lambertian")
+    assert out.rgb.shape == (0, 8, 8, 3) and out.opacity.shape == out.depth.shape == (0, 8, 8, 1)
+    assert out.weights.shape == (0, 64, 20)
+
+
+def test_occupancy_grid_of_an_empty_field_is_empty() -> None:
+    assert not OccupancyGrid.from_field(empty_tiny_field(), resolution=16).occupied.any()

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_config
+from helpers import tiny_config
 from dreamfusion.cameras import TurntableConfig, turntable_cameras
 from dreamfusion.priors.analytic import AnalyticPrior, AnalyticPriorConfig, disc_image
 from dreamfusion.renderer import render
@@ -89,10 +89,10 @@ def test_a_non_finite_step_is_skipped() -> None:
 def test_too_many_non_finite_steps_stop_the_run_and_keep_the_checkpoint(tmp_path: Path) -> None:
     config = tiny_config(trainer={"iters": 20, "checkpoint_every": 2, "max_consecutive_nonfinite": 3})
     trainer = Trainer(config, FlakyPrior(set(range(4, 100))), torch.device("cpu"))
-    with pytest.raises(TrainingError, match="3 steps in a row"):
+    with pytest.raises(TrainingError, match=r"stopped at step 7: the run diverged \(3 steps in a row .* the last good checkpoint \(step 4\) is kept"):
         trainer.fit(tmp_path)
     state = read_checkpoint(tmp_path / "checkpoint.pt")
-    assert state["step"] == 6  # the last checkpoint was written after steps 4 and 5, both skipped
+    assert state["step"] == 4  # none is written while steps fail: step 6 fell in the failing streak
     assert all(torch.isfinite(t).all() for t in state["field"].values())
 
 

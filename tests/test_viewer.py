@@ -25,7 +25,7 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import TINY_OVERRIDES
+from helpers import TINY_OVERRIDES
 
 CHROMIUM = next((path for name in ("chromium", "chromium-browser") if (path := shutil.which(name))), None)
 ARTIFACTS = Path(__file__).parent / "artifacts"

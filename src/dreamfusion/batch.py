@@ -26,12 +26,12 @@ from dreamfusion.config import RunConfig
 from dreamfusion.distributed import (
     DistributedContext, broadcast_from_main, cleanup, gather_to_main, group_exists, init_distributed,
 )  # fmt: skip
-from dreamfusion.priors import PriorError
-from dreamfusion.run import RunError, generate, prompt_slug, validate_prompt, write_text_atomic
-from dreamfusion.trainer import TrainingError, resolve_device
-from dreamfusion.typed_config import ConfigError
+from dreamfusion.errors import DreamfusionError
+from dreamfusion.files import write_text_atomic
+from dreamfusion.run import RunError, generate, prompt_slug, validate_prompt
+from dreamfusion.runlock import lock_run
+from dreamfusion.trainer import resolve_device
 
-USER_ERRORS = (RunError, TrainingError, PriorError, ConfigError)
 
 
 @dataclass
@@ -81,8 +81,10 @@ def read_prompts(path: Path) -> list[str]:
     """One prompt per line; blank lines and lines starting with ``#`` are skipped."""
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise RunError(f"cannot read the prompts file {path}: {getattr(error, 'strerror', None) or error}") from None
+    except OSError as error:
+        raise RunError(f"cannot read the prompts file {path}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise RunError(f"the prompts file {path} is not UTF-8 text; save it as UTF-8") from None
     prompts = [" ".join(line.split()) for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not prompts:
         raise RunError(f"{path} holds no prompts; write one per line (lines starting with # are comments)")
@@ -124,11 +126,12 @@ def run_batch(
     context = DistributedContext(rank=rank, world_size=world_size, device=device or resolve_device(base_config.device))
     if context.distributed and not group_exists():
         raise RunError(f"a batch over {world_size} ranks needs torch.distributed; start it with torchrun")
-    prompts, problem = None, None
+    prompts, problem, lock = None, None, None
     if context.is_main:
         try:
             prompts = read_prompts(prompts_file)
             Path(out_dir).mkdir(parents=True, exist_ok=True)
+            lock = lock_run(Path(out_dir))  # one batch writes a folder at a time
         except RunError as error:
             problem = str(error)
         except OSError as error:
@@ -136,19 +139,29 @@ def run_batch(
     prompts, problem = broadcast_from_main(context, (prompts, problem))  # every rank stops on a bad file
     if problem is not None:
         raise RunError(problem)
+    try:
+        return _run_shard(prompts, Path(out_dir), base_config, context, overwrite)
+    finally:
+        if lock is not None:
+            lock.release()
 
+
+def _run_shard(
+    prompts: list[str], out_dir: Path, base_config: RunConfig, context: DistributedContext, overwrite: bool
+) -> BatchSummary:
+    rank, world_size = context.rank, context.world_size
     own = BatchSummary(total=len(prompts), world_size=world_size)
     alone = DistributedContext.single(context.device)  # each prompt: one process, no gradient sync
     for index, prompt in shard(prompts, rank, world_size):
-        own.results.append(_run_one(index, prompt, prompts, Path(out_dir), base_config, alone, rank, overwrite))
-    write_text_atomic(Path(out_dir) / f"summary.rank{rank}.json", own.to_json())
+        own.results.append(_run_one(index, prompt, prompts, out_dir, base_config, alone, rank, overwrite))
+    write_text_atomic(out_dir / f"summary.rank{rank}.json", own.to_json())
 
     gathered = gather_to_main(context, own.results)
     if gathered is None:
         return own
     merged = BatchSummary(total=len(prompts), world_size=world_size)
     merged.results = sorted((r for results in gathered for r in results), key=lambda r: r.index)
-    write_text_atomic(Path(out_dir) / "summary.json", merged.to_json())
+    write_text_atomic(out_dir / "summary.json", merged.to_json())
     _log(merged.report())
     return merged
 
@@ -164,7 +177,7 @@ def _run_one(
         config = replace(base_config, prompt=validate_prompt(prompt))
         generated = generate(config, run_dir, overwrite=overwrite, context=context)
         result.ok, result.steps = True, generated.train.steps
-    except USER_ERRORS as error:
+    except DreamfusionError as error:
         result.error_type, result.error = type(error).__name__, str(error)
     except Exception as error:  # noqa: BLE001 - one broken prompt must not end the batch
         result.error_type = type(error).__name__

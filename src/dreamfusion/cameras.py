@@ -122,6 +122,39 @@ class CameraBatch:
             view_labels=self.view_labels,
         )
 
+    def subset(self, cameras: slice = slice(None), rows: slice = slice(None)) -> CameraBatch:
+        """Cameras ``cameras`` of the batch, keeping only the rays of pixel rows ``rows``: a horizontal band of
+        each image, so that large renders can be made a bounded number of rays at a time. ``resolution`` of a
+        band reads its height."""
+        return CameraBatch(
+            rays_o=self.rays_o[cameras, rows],
+            rays_d=self.rays_d[cameras, rows],
+            c2w=self.c2w[cameras],
+            intrinsics=self.intrinsics[cameras],
+            elevation=self.elevation[cameras],
+            azimuth=self.azimuth[cameras],
+            distance=self.distance[cameras],
+            light_position=self.light_position[cameras],
+            view_labels=self.view_labels[cameras],
+        )
+
+    def ray_chunks(self, max_rays: int) -> list[tuple[slice, slice]]:
+        """(cameras, rows) slices for ``subset`` that cover the batch's rays in order, each at most ``max_rays``
+        rays: whole images while one fits, else bands of rows of one image (at least one row each)."""
+        if max_rays <= 0:
+            raise ValueError(f"max_rays must be positive, got {max_rays}")
+        batch, height, width = self.rays_o.shape[:3]
+        per_image = max(height * width, 1)
+        if per_image <= max_rays:
+            step = max_rays // per_image
+            return [(slice(start, min(start + step, batch)), slice(0, height)) for start in range(0, batch, step)]
+        band = max(max_rays // max(width, 1), 1)
+        return [
+            (slice(camera, camera + 1), slice(row, min(row + band, height)))
+            for camera in range(batch)
+            for row in range(0, height, band)
+        ]
+
 
 def spherical_to_cartesian(
     elevation_deg: Float[Tensor, " B"], azimuth_deg: Float[Tensor, " B"], distance: Float[Tensor, " B"]

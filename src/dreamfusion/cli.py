@@ -27,25 +27,36 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def user_errors(command: F) -> F:
     """Turn the package's user-facing errors into one line on stderr and exit code 2, never a traceback."""
-    from dreamfusion.run import RunError
-    from dreamfusion.trainer import TrainingError
-    from dreamfusion.typed_config import ConfigError
-    from dreamfusion.evaluate_clip import ClipEvalError
-    from dreamfusion.export.mesh import MeshExportError
-    from dreamfusion.viewer import ViewerError
+    from dreamfusion.errors import DreamfusionError
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (RunError, TrainingError, PriorError, ConfigError, MeshExportError, ClipEvalError, ViewerError) as error:
-            console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
-            raise typer.Exit(code=2) from None
+        except DreamfusionError as error:
+            _fail(str(error))
+        except MemoryError:
+            _fail("out of memory; ask for a smaller size (--resolution, --frames) or a smaller config")
+        except RuntimeError as error:
+            if not _is_out_of_memory(error):
+                raise
+            _fail(f"out of memory on the device: {str(error).splitlines()[0][:200]}; ask for a smaller size")
         except KeyboardInterrupt:
             console.print("interrupted; the last checkpoint is kept (continue with --resume)")
             raise typer.Exit(code=130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {' '.join(message.split())}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=code)
+
+
+def _is_out_of_memory(error: RuntimeError) -> bool:
+    import torch
+
+    return isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in str(error)
 
 
 def _progress() -> Progress:
@@ -64,19 +75,26 @@ def _progress() -> Progress:
     )
 
 
+PRIOR_HELP = f"2D diffusion prior: {', '.join(PRIOR_NAMES)} (default: the config's, embedded)."
+DEVICE_HELP = "auto, cpu or cuda (default: the config's, auto)."
+SEED_HELP = "Random seed (default: the config's, 0); the same seed on CPU repeats a run exactly."
+
+
 @app.command()
 @user_errors
 def generate(
     prompt: Annotated[str, typer.Argument(help='What to make, e.g. "a red chair".')],
-    prior: Annotated[str, typer.Option(help=f"2D diffusion prior: {', '.join(PRIOR_NAMES)}.")] = "embedded",
+    prior: Annotated[str | None, typer.Option(help=PRIOR_HELP)] = None,
     model: Annotated[
         str | None, typer.Option(help="Prior weights: a local folder (sd / if: required), or a model id in the local cache.")
     ] = None,
     iters: Annotated[int | None, typer.Option(help="Optimization steps (default: the preset's).")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed; the same seed on CPU repeats a run exactly.")] = 0,
+    seed: Annotated[int | None, typer.Option(help=SEED_HELP)] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (default: outputs/<prompt-slug>).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    config: Annotated[Path | None, typer.Option(help="YAML file of config overrides (see config.yaml in a run).")] = None,
+    device: Annotated[str | None, typer.Option(help=DEVICE_HELP)] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML file of config keys (see config.yaml in a run); flags you type win over it.")
+    ] = None,
     preset: Annotated[str, typer.Option(help="preview (fast, CPU-sized), default, or quality.")] = "default",
     guidance_scale: Annotated[float | None, typer.Option(help="Classifier-free guidance scale (default: the prior's).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
@@ -88,21 +106,20 @@ def generate(
 ) -> None:
     """Optimize a 3D object (a NeRF) for PROMPT and write a checkpoint, metrics, a turntable video and a preview.
 
+    Settings come from the preset, then the --config file, then the flags typed here. With --resume the
+    run's own config.yaml rules; only --iters may change it (to extend the run).
     Each GPU renders its own views (the paper's effective batch of 4 is --gpus 4); gradients are averaged.
     The same works with `torchrun --nproc_per_node N -m dreamfusion generate ...`.
     """
-    from dreamfusion.config import build_config
+    from dreamfusion.config import build_config, read_config_file
     from dreamfusion.run import generate as run_generate
     from dreamfusion.run import check_run_dir, prompt_slug, validate_prompt
-    from dreamfusion.typed_config import ConfigError
 
     prompt = validate_prompt(prompt)
-    overrides = {"prompt": prompt, **_run_overrides(prior, model, seed, device, iters, compile)}
-    if device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"--device must be auto, cpu or cuda, got {device!r}")
+    flags = _run_overrides(prior, model, seed, device, iters, compile)
     if guidance_scale is not None:
-        overrides["guidance"] = {"guidance_scale": guidance_scale}
-    run_config = build_config(preset, config, overrides)
+        flags["guidance"] = {"guidance_scale": guidance_scale}
+    run_config = build_config(preset, config, {"prompt": prompt, **flags})
     check_prompt(run_config.prior, prompt)
     run_dir = out if out is not None else Path("outputs") / prompt_slug(prompt)
     if _relaunch_under_torchrun(gpus, lambda: check_run_dir(run_dir, resume, overwrite)):
@@ -110,29 +127,39 @@ def generate(
 
     if run_config.trainer.compile_field:
         console.print("compiling with torch.compile: the first steps wait for it (minutes the first time, then cached)")
-    with _progress() as progress:
-        task = progress.add_task("optimizing", total=run_config.trainer.iters, speed=0.0, loss=float("nan"))
+    requested = _nested_merge(read_config_file(config) if config is not None else {}, flags)
+    progress = _progress()
+    task = progress.add_task("optimizing", total=run_config.trainer.iters, speed=0.0, loss=float("nan"))
 
-        def on_start(trainer: Any) -> None:
-            progress.update(task, completed=trainer.step, total=trainer.config.trainer.iters)
+    def on_start(trainer: Any) -> None:  # the bar appears once the run has passed every check
+        progress.update(task, completed=trainer.step, total=trainer.config.trainer.iters)
+        progress.start()
 
-        def on_step(metrics: Any) -> None:
-            progress.update(task, advance=1, speed=metrics.it_per_s, loss=metrics.loss)
+    def on_step(metrics: Any) -> None:
+        progress.update(task, advance=1, speed=metrics.it_per_s, loss=metrics.loss)
 
+    try:
         result = run_generate(
-            run_config, run_dir, resume=resume, overwrite=overwrite, resume_iters=iters, on_step=on_step, on_start=on_start
-        )
+            run_config, run_dir, resume=resume, overwrite=overwrite, resume_iters=iters, on_step=on_step,
+            on_start=on_start, requested=requested,
+        )  # fmt: skip
+    finally:
+        if progress.live.is_started:
+            progress.stop()
     from dreamfusion.distributed import is_main_process
 
     if not is_main_process():
         return
-    skipped = f", {result.train.skipped_steps} non-finite steps skipped" if result.train.skipped_steps else ""
-    console.print(f"done: {result.train.steps} steps on {result.device}{skipped}")
-    made = ["turntable.gif", "turntable.mp4" if result.outputs.mp4 else "", "preview.png",
+    if result.rebuilt:
+        console.print(f"{run_dir} had finished training; wrote its missing outputs: {', '.join(result.written) or 'none'}")
+    else:
+        skipped = f", {result.train.skipped_steps} non-finite steps skipped" if result.train.skipped_steps else ""
+        console.print(f"done: {result.train.steps} steps on {result.device}{skipped}")
+    made = ["turntable.gif", "turntable.mp4" if (run_dir / "turntable.mp4").is_file() else "", "preview.png",
             "mesh.glb" if (run_dir / "mesh.glb").is_file() else "", "checkpoint.pt"]
     console.print(f"results in {run_dir}/: {', '.join(name for name in made if name)}")
-    if result.outputs.mp4_error:
-        console.print(f"[yellow]note:[/] {result.outputs.mp4_error}")
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}")
 
 
 COMPILE_HELP = (
@@ -141,22 +168,60 @@ COMPILE_HELP = (
 )
 
 
-def _run_overrides(prior: str, model: str | None, seed: int, device: str, iters: int | None, compile: bool) -> dict[str, Any]:
-    """Config overrides from the options generate and batch share, after the checks of those options that
-    name the option in their message."""
+def _run_overrides(
+    prior: str | None, model: str | None, seed: int | None, device: str | None, iters: int | None, compile: bool
+) -> dict[str, Any]:
+    """Config overrides from the flags that generate and batch share, only those the user typed (None: not
+    typed, so the preset's or the config file's value stands), after the checks that name the flag."""
     from dreamfusion.typed_config import ConfigError
 
-    if prior not in PRIOR_NAMES:
+    if prior is not None and prior not in PRIOR_NAMES:
         raise PriorError(f"unknown prior {prior!r}; choose one of: {', '.join(PRIOR_NAMES)}")
     if iters is not None and iters <= 0:
         raise ConfigError(f"--iters must be a positive number of steps, got {iters}")
-    overrides: dict[str, Any] = {"seed": seed, "device": device, "prior": {"name": prior, "model": model}, "trainer": {}}
-    if iters is not None:
-        overrides["trainer"]["iters"] = iters
+    if device is not None and device not in DEVICES:
+        raise ConfigError(f"--device must be auto, cpu or cuda, got {device!r}")
+    _check_seed(seed)
+    prior_keys = {"name": prior, "model": model}
+    if compile:
+        prior_keys.update(compile_unet=True, compile_vae=True, channels_last=True)
+    overrides: dict[str, Any] = {"seed": seed, "device": device, "prior": prior_keys, "trainer": {"iters": iters}}
     if compile:
         overrides["trainer"]["compile_field"] = True
-        overrides["prior"].update(compile_unet=True, compile_vae=True, channels_last=True)
-    return overrides
+    return _typed(overrides)
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _typed(overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` without the keys left at None (flags not typed), and without sections left empty."""
+    kept: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            value = _typed(value)
+            if value:
+                kept[key] = value
+        elif value is not None:
+            kept[key] = value
+    return kept
+
+
+def _nested_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        merged[key] = _nested_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def _check_seed(seed: int | None) -> None:
+    from dreamfusion.typed_config import ConfigError, check_seed
+
+    if seed is not None:
+        try:
+            check_seed(seed, "--seed")
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
 
 
 def _relaunch_under_torchrun(gpus: int | None, check: Callable[[], None]) -> bool:
@@ -180,12 +245,12 @@ def _relaunch_under_torchrun(gpus: int | None, check: Callable[[], None]) -> boo
 def batch(
     prompts: Annotated[Path, typer.Argument(help="Text file: one prompt per line; blank lines and # comments skipped.")],
     out: Annotated[Path, typer.Option(help="Folder for one run directory per prompt and summary.json.")],
-    prior: Annotated[str, typer.Option(help=f"2D diffusion prior: {', '.join(PRIOR_NAMES)}.")] = "embedded",
+    prior: Annotated[str | None, typer.Option(help=PRIOR_HELP)] = None,
     model: Annotated[str | None, typer.Option(help="Prior weights (see generate --model).")] = None,
     iters: Annotated[int | None, typer.Option(help="Optimization steps (default: the preset's).")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed, the same for every prompt.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    config: Annotated[Path | None, typer.Option(help="YAML file of config overrides.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed, the same for every prompt (default: the config's, 0).")] = None,
+    device: Annotated[str | None, typer.Option(help=DEVICE_HELP)] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML file of config keys; flags you type win over it.")] = None,
     preset: Annotated[str, typer.Option(help="preview, default or quality.")] = "default",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace runs that already exist.")] = False,
     gpus: Annotated[int | None, typer.Option(help="Share the prompts among N GPUs (relaunches under torchrun).")] = None,
@@ -220,29 +285,34 @@ def render(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Re-render the turntable video, GIF and preview of a run from its checkpoint."""
+    import math
     from dataclasses import replace
 
-    from dreamfusion.export.video import DEFAULT_PANELS, parse_panels, write_turntable
-    from dreamfusion.run import load_scene
+    from dreamfusion.export.video import DEFAULT_PANELS, check_turntable_size, parse_panels, write_turntable
+    from dreamfusion.run import load_scene, lock_for_writing
     from dreamfusion.typed_config import ConfigError
 
     try:
         selected = parse_panels(panels) if panels is not None else DEFAULT_PANELS
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    config, scene = load_scene(run_dir, device)
-    turntable = config.turntable
-    try:
-        turntable = replace(
-            turntable,
-            frames=frames if frames is not None else turntable.frames,
-            elevation=elevation if elevation is not None else turntable.elevation,
-            resolution=resolution if resolution is not None else turntable.resolution,
-        )
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    outputs = write_turntable(scene, turntable, run_dir, panels=selected)
-    console.print(f"wrote {outputs.gif}, {outputs.preview}" + (f", {outputs.mp4}" if outputs.mp4 else ""))
+    if elevation is not None and not math.isfinite(elevation):
+        raise ConfigError(f"--elevation must be a finite angle in degrees, got {elevation}")
+    with lock_for_writing(run_dir):
+        config, scene = load_scene(run_dir, device)
+        turntable = config.turntable
+        try:
+            turntable = replace(
+                turntable,
+                frames=frames if frames is not None else turntable.frames,
+                elevation=elevation if elevation is not None else turntable.elevation,
+                resolution=resolution if resolution is not None else turntable.resolution,
+            )
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        check_turntable_size(turntable, selected)
+        outputs = write_turntable(scene, turntable, run_dir, panels=selected)
+    console.print(f"wrote {', '.join(str(path) for path in outputs.written)}")
     if outputs.mp4_error:
         console.print(f"[yellow]note:[/] {outputs.mp4_error}")
 
@@ -263,15 +333,18 @@ def train_prior(
 
     Use the result with `dreamfusion generate PROMPT --model OUT`.
     """
+    import math
     from dataclasses import replace
 
     from dreamfusion.embedded.train import TrainPriorConfig, train_prior as run_training, write_sample_sheet
     from dreamfusion.run import RunError
+    from dreamfusion.runlock import lock_run
     from dreamfusion.trainer import resolve_device
     from dreamfusion.typed_config import ConfigError
 
-    if minutes <= 0 or (steps is not None and steps <= 0) or (batch_size is not None and batch_size <= 0):
-        raise ConfigError("--minutes, --steps and --batch-size must be positive")
+    if not 0 < minutes < math.inf or (steps is not None and steps <= 0) or (batch_size is not None and batch_size <= 0):
+        raise ConfigError("--minutes, --steps and --batch-size must be positive (and --minutes finite)")
+    _check_seed(seed)
     if resume and not (out / "checkpoint.pt").is_file():
         raise RunError(f"nothing to resume: {out / 'checkpoint.pt'} does not exist")
     if not resume and (out / "checkpoint.pt").exists():
@@ -288,10 +361,15 @@ def train_prior(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise RunError(f"cannot write to {out}: {error.strerror}") from None
-    result = run_training(config, out, torch_device, resume=resume)
-    console.print(f"trained {result.steps} steps in {result.seconds:.0f} s; weights: {result.weights_path}")
-    if samples:
-        console.print(f"samples: {write_sample_sheet(result.weights_path, out / 'samples.png', torch_device)}")
+    with lock_run(out):  # one training run writes a folder at a time
+        result = run_training(config, out, torch_device, resume=resume)
+        console.print(f"trained {result.steps} steps in {result.seconds:.0f} s; weights: {result.weights_path}")
+        if samples:
+            console.print(f"samples: {write_sample_sheet(result.weights_path, out / 'samples.png', torch_device)}")
+
+
+SAMPLE_BYTES = 2 * 3 * 64 * 64 * 4
+"""A lower bound of the memory of one sample: two float32 64x64 RGB images (the sample and its grid cell)."""
 
 
 @app.command("sample-prior")
@@ -308,10 +386,13 @@ def sample_prior(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Draw images from a prior with DDIM: check weights and prompts before a long 3D run."""
+    import math
+
     import numpy as np
     import torch
 
     from dreamfusion.export.video import write_png
+    from dreamfusion.memory import check_size
     from dreamfusion.priors import PriorConfig, build_prior
     from dreamfusion.priors.base import split_view
     from dreamfusion.priors.sampling import ddim_sample
@@ -322,8 +403,10 @@ def sample_prior(
     prompt = validate_prompt(prompt)
     if prior not in PRIOR_NAMES:
         raise PriorError(f"unknown prior {prior!r}; choose one of: {', '.join(PRIOR_NAMES)}")
-    if n <= 0 or steps <= 0 or (guidance_scale is not None and guidance_scale < 0):
-        raise ConfigError("-n and --steps must be positive and --guidance-scale non-negative")
+    if n <= 0 or steps <= 0 or (guidance_scale is not None and not 0 <= guidance_scale < math.inf):
+        raise ConfigError("-n and --steps must be positive and --guidance-scale a non-negative number")
+    _check_seed(seed)
+    check_size("-n", n, lambda count: count * SAMPLE_BYTES, "cpu")
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out must name a .png file, got {out}")
     if not out.parent.is_dir():
@@ -341,10 +424,7 @@ def sample_prior(
     grid[:n] = images.cpu()
     size = images.shape[-1]
     picture = grid.view(rows, columns, 3, size, size).permute(0, 3, 1, 4, 2).reshape(rows * size, columns * size, 3)
-    try:
-        write_png((picture.numpy() * 255 + 0.5).astype(np.uint8), out)
-    except OSError as error:
-        raise RunError(f"cannot write {out}: {error.strerror}") from None
+    write_png((picture.numpy() * 255 + 0.5).astype(np.uint8), out)
     console.print(f"wrote {n} samples of {base!r} ({view or 'front'} view) to {out}")
 
 
@@ -372,12 +452,14 @@ def eval_3d(
 @user_errors
 def export_mesh(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by generate.")],
-    format: Annotated[str, typer.Option("--format", help="glb, obj or ply (GLB and OBJ are written y-up).")] = "glb",
+    format: Annotated[
+        str | None, typer.Option("--format", help="glb, obj or ply (default: --out's suffix, else glb; GLB and OBJ are y-up).")
+    ] = None,
     resolution: Annotated[int, typer.Option(help="Marching-cubes grid samples per side.")] = 256,
     threshold: Annotated[float | None, typer.Option(help="Surface density (default: the density at which one render sample is half opaque).")] = None,
     decimate: Annotated[int | None, typer.Option(help="Simplify to about this many faces (needs fast-simplification).")] = None,
     keep_largest: Annotated[bool, typer.Option("--keep-largest", help="Keep only the largest connected piece.")] = False,
-    out: Annotated[Path | None, typer.Option(help="Output file (default: RUN_DIR/mesh.FORMAT).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output file, .glb, .obj or .ply (default: RUN_DIR/mesh.FORMAT).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Extract a coloured triangle mesh (marching cubes on the density) and write it as GLB, OBJ or PLY."""
@@ -432,12 +514,36 @@ def eval_clip(
     console.print(f"wrote {run_dir / 'eval_clip.json'}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """The ``dreamfusion`` command. A mistyped command line (an unknown option, "1e12" for an integer) is bad
+    input like any other: one line and exit code 2, not a framed usage box."""
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        app()
+        code = app(args=args or ["--help"], prog_name="dreamfusion", standalone_mode=False)
+    except typer.TyperException as error:  # usage errors: a missing argument, an unknown option, a bad value
+        context = getattr(error, "ctx", None)
+        command = context.command_path if context is not None else "dreamfusion"
+        message = error.format_message() if hasattr(error, "format_message") else str(error)
+        typed = _typed_value(args, getattr(getattr(error, "param", None), "opts", None) or [])
+        if typed is not None and typed not in message:
+            message = f"{message} (got {typed!r})"
+        console.print(f"[bold red]error:[/] {' '.join(message.split())} (see: {command} --help)",
+                      highlight=False, soft_wrap=True)  # fmt: skip
+        code = getattr(error, "exit_code", 2)
+    except typer.Abort:
+        console.print("aborted")
+        code = 1
     except BrokenPipeError:
-        sys.exit(1)
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)
 
 
-if __name__ == "__main__":
-    main()
+def _typed_value(args: list[str], names: list[str]) -> str | None:
+    """What the user typed for an option (``names``: its spellings, e.g. ["--iters"]), if anything."""
+    for position, arg in enumerate(args):
+        for name in names:
+            if arg == name and position + 1 < len(args):
+                return args[position + 1]
+            if arg.startswith(name + "="):
+                return arg[len(name) + 1 :]
+    return None

@@ -16,7 +16,7 @@ from dreamfusion.schedules import Ramp
 from dreamfusion.sds import GuidanceConfig
 from dreamfusion.shading import BackgroundConfig, ShadingConfig
 from dreamfusion.trainer import TrainerConfig
-from dreamfusion.typed_config import ConfigError, from_dict, merge, to_dict
+from dreamfusion.typed_config import ConfigError, check_seed, from_dict, merge, to_dict
 
 Preset = Literal["preview", "default", "quality"]
 
@@ -37,6 +37,9 @@ class RunConfig:
     guidance: GuidanceConfig = GuidanceConfig()
     trainer: TrainerConfig = TrainerConfig()
     turntable: TurntableConfig = TurntableConfig()
+
+    def __post_init__(self) -> None:
+        check_seed(self.seed)
 
 
 # Overrides on top of the defaults. "preview" is sized for a CPU: a coarser grid, fewer samples and steps.
@@ -90,6 +93,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text; save it as UTF-8 YAML") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
     if data is None:

@@ -41,7 +41,7 @@ from torch import Tensor
 from dreamfusion.cameras import VIEW_LABELS, CameraBatch, ViewLabel, cameras_from_angles
 from dreamfusion.embedded import vocabulary as vocab
 from dreamfusion.embedded.probe import VIEW_SYMMETRIC_KINDS, Probe, ProbePrediction, load_probe
-from dreamfusion.export.video import Scene
+from dreamfusion.export.video import MAX_RAYS, Scene, render_in_chunks
 from dreamfusion.field import NeRFField
 from dreamfusion.procedural.dataset import COLOUR_NAMES
 from dreamfusion.procedural.objects import OBJECT_KINDS, grid_points, occupancy_grid
@@ -186,14 +186,16 @@ class Eval3DConfig:
     """None: filled voxels are the hidden ones (see the module docstring); a number: density above it."""
     turns: int = 16
     """Turns of the true object about the vertical axis for ``best_turn_iou`` (1: only the canonical pose)."""
-    chunk: int = 8
-    """Cameras per render call."""
+    max_rays: int = MAX_RAYS
+    """Rays per render call (bounds the renderer's memory)."""
 
     def __post_init__(self) -> None:
         if not self.elevations or self.azimuths < 1 or not self.shading or self.turns < 1:
             raise ValueError("evaluation needs at least one elevation, azimuth, shading mode and turn")
         if self.distance <= 0 or self.focal_multiplier <= 0 or self.resolution < 8 or self.grid_resolution < 2:
             raise ValueError("evaluation distance and focal must be positive, resolution >= 8, grid >= 2")
+        if self.max_rays <= 0:
+            raise ValueError("evaluation max_rays must be positive")
 
 
 @dataclass(frozen=True)
@@ -292,22 +294,17 @@ def evaluation_cameras(config: Eval3DConfig) -> CameraBatch:
 def render_scene_views(
     scene: Scene, cameras: CameraBatch, mode: ShadingMode, config: Eval3DConfig
 ) -> Float[Tensor, "B 3 H W"]:
-    """The scene from ``cameras`` over the evaluation background, rgb in [0, 1]."""
+    """The scene from ``cameras`` over the evaluation background, rgb in [0, 1], on the CPU."""
     device = next(scene.field.parameters()).device
     background = Background(BackgroundConfig(kind="random_solid", eval_colour=config.background)).to(device)
-    images = []
-    for start in range(0, cameras.batch_size, config.chunk):
-        part = _slice(cameras, start, start + config.chunk).to(device)
+
+    def rgb(part: CameraBatch) -> Float[Tensor, "b h W 3"]:
         out = render(scene.field, background, part, scene.renderer, shading=mode, ambient=scene.shading.ambient,
                      diffuse=scene.shading.diffuse, occupancy=scene.grid())
-        images.append(out.rgb.clamp(0, 1).permute(0, 3, 1, 2))
-    return torch.cat(images)
+        return out.rgb.clamp(0, 1)
 
-
-def _slice(cameras: CameraBatch, start: int, stop: int) -> CameraBatch:
-    return CameraBatch(
-        **{k: getattr(cameras, k)[start:stop] for k in CameraBatch.__dataclass_fields__}  # type: ignore[arg-type]
-    )
+    width = cameras.rays_o.shape[2]
+    return render_in_chunks(cameras, rgb, (width, 3), device, config.max_rays).permute(0, 3, 1, 2)
 
 
 def evaluate_3d(

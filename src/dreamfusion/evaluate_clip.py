@@ -17,8 +17,8 @@ CLIPImageProcessor does it, without torchvision.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -29,13 +29,16 @@ import torch
 from jaxtyping import Float, Int, UInt8
 from torch import Tensor
 
+from dreamfusion.errors import DreamfusionError
+from dreamfusion.files import write_text_atomic
+
 FETCH_HINT = "huggingface-cli download openai/clip-vit-base-patch32 --local-dir DIR"
 # OpenAI CLIP's normalization, for folders without a preprocessor_config.json.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-class ClipEvalError(RuntimeError):
+class ClipEvalError(DreamfusionError, RuntimeError):
     """A missing or unusable CLIP folder or caption file; the message (one line) is for the user."""
 
 
@@ -298,10 +301,29 @@ def evaluate_run_clip(
 
     Raises RunError for a directory that is not a run and ClipEvalError for the CLIP folder or captions.
     """
-    from dreamfusion.run import load_scene
+    from dreamfusion.memory import check_size
+    from dreamfusion.run import lock_for_writing
 
     captions = read_captions(captions_file)  # cheap checks before the slow loads
-    run_config, scene = load_scene(Path(run_dir), device)
+    path = Path(out) if out is not None else Path(run_dir) / "eval_clip.json"
+    into_run = Path(run_dir).is_dir() and path.parent.resolve() == Path(run_dir).resolve()
+    with lock_for_writing(Path(run_dir)) if into_run else contextlib.nullcontext():
+        check_size("--resolution", config.resolution, lambda side: render_bytes(config.views, side), "cpu")
+        check_size("--views", config.views, lambda views: render_bytes(views, config.resolution), "cpu")
+        result = _evaluate(Path(run_dir), clip_dir, captions, config, device)
+        write_text_atomic(path, result.to_json() + "\n")
+    return result
+
+
+def render_bytes(views: int, resolution: int) -> float:
+    """Memory the evaluation renders hold at once, a lower bound: two shading modes of float32 RGB images."""
+    return 2.0 * views * float(resolution) ** 2 * 3 * 4
+
+
+def _evaluate(run_dir: Path, clip_dir: Path, captions: list[str], config: ClipEvalConfig, device: str) -> ClipEvalResult:
+    from dreamfusion.run import load_scene
+
+    run_config, scene = load_scene(run_dir, device)
     clip = load_clip(clip_dir, next(scene.field.parameters()).device)
     distance = config.distance if config.distance is not None else run_config.turntable.distance
     renders = render_views(scene, config, distance)
@@ -315,8 +337,4 @@ def evaluate_run_clip(
         resolution=config.resolution,
         modes=evaluate_views(clip, renders, run_config.prompt, captions, config.batch_size),
     )
-    path = Path(out) if out is not None else Path(run_dir) / "eval_clip.json"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(result.to_json() + "\n", encoding="utf-8")
-    os.replace(tmp, path)
     return result

@@ -140,7 +140,8 @@ class HashGridEncoding(nn.Module):
         values, pairs = self._corners(x)
         weights = self._trilinear(pairs[:, :, 0], pairs[:, :, 1], pairs[:, :, 2])
         # A broadcast product and sum, not einsum: einsum lowers this to millions of 1x8 @ 8xF batched matmuls.
-        return (weights[..., None] * values).sum(dim=2).reshape(x.shape[0], -1)
+        # Sizes are spelled out: reshape cannot infer a -1 dimension of an empty batch (no samples).
+        return (weights[..., None] * values).sum(dim=2).reshape(x.shape[0], self.config.output_dim)
 
     def forward_with_jacobian(self, x: Float[Tensor, "N 3"]) -> tuple[Float[Tensor, "N F"], Float[Tensor, "N 3 F"]]:
         """Features and their derivatives with respect to each coordinate of ``x``, in closed form.
@@ -163,7 +164,8 @@ class HashGridEncoding(nn.Module):
         dy = along_y[:, :, 0] + fx * (along_y[:, :, 1] - along_y[:, :, 0])
         # d frac / dx = resolution of the level.
         jacobian = torch.stack((along_x, dy, dz), dim=1) * self.resolutions[None, None, :, None]  # N 3 L F
-        return features.reshape(x.shape[0], -1), jacobian.reshape(x.shape[0], 3, -1)
+        dim = self.config.output_dim
+        return features.reshape(x.shape[0], dim), jacobian.reshape(x.shape[0], 3, dim)
 
 
 @dataclass(frozen=True)

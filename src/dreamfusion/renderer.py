@@ -162,7 +162,7 @@ def render(
     if config.num_importance > 0:
         with torch.no_grad():
             coarse_points = origins[:, None] + directions[:, None] * t[..., None]
-            coarse_density = field.density(coarse_points.reshape(-1, 3)).reshape(rays, -1)
+            coarse_density = field.density(coarse_points.reshape(-1, 3)).reshape(rays, config.num_samples)
             coarse_weights = composite(coarse_density, t, far)
             fine = _sample_pdf(t, coarse_weights, config.num_importance, device_generator if training else None)
             t, _ = torch.sort(torch.cat((t, fine), dim=-1), dim=-1)
@@ -202,8 +202,9 @@ def render(
     bg = background.colour(cameras.rays_d, training, host_generator).reshape(rays, 3)
     rgb = foreground + (1.0 - opacity) * bg
 
-    def image(x: Tensor) -> Tensor:
-        return x.reshape(batch, height, width, -1)
+    def image(x: Float[Tensor, "R C"]) -> Float[Tensor, "B H W C"]:
+        # The channel count is explicit: a -1 cannot be inferred when there are no rays (no cameras).
+        return x.reshape(batch, height, width, x.shape[-1])
 
     return RenderOutput(
         rgb=image(rgb),

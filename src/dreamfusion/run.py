@@ -1,23 +1,31 @@
 """A generate job end to end: the run directory, the trainer, resume, and the outputs people look at.
 
 A run directory holds:
-  config.yaml     the resolved config (never changed after the run starts)
+  config.yaml     the resolved config (never changed after the run starts; --resume --iters N updates iters)
   checkpoint.pt   model, optimizer, random states and step, written atomically
   metrics.jsonl   one line of losses and speed every few steps
   run.log         what happened, in words
   turntable.mp4 / turntable.gif / preview.png
   mesh.glb        a coloured mesh (marching cubes), when the field has a surface
+  .lock           the writer lock (see ``runlock``): one process writes a run at a time
+
+How runs are protected: the writer holds the lock for its whole life (a second writer is refused, a killed
+one leaves no stale lock); every file is replaced atomically and durably (``files.write_atomic``) and logs
+grow a whole line at a time, so a kill or a power cut leaves the last complete version of each file;
+``--resume`` continues exactly from the last checkpoint (a torn last log line is dropped) and, on a run
+that finished training, writes the outputs a late kill left missing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import re
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,21 +33,28 @@ from dreamfusion.config import RunConfig, dump_config, load_config
 from dreamfusion.distributed import (
     DistributedContext, barrier, broadcast_from_main, cleanup, group_exists, init_distributed,
 )  # fmt: skip
-from dreamfusion.export.video import Scene, TurntableOutputs, write_turntable
-from dreamfusion.priors import build_prior
+from dreamfusion.errors import RunError
+from dreamfusion.export.video import DEFAULT_PANELS, Scene, check_turntable_size, mp4_available, write_turntable
 from dreamfusion.field import NeRFField
+from dreamfusion.files import TEMPORARY_GLOB, append_line, end_with_newline, read_jsonl, write_text_atomic
+from dreamfusion.priors import build_prior
+from dreamfusion.runlock import LOCK_NAME, RunLock, describe_holder, is_locked, lock_run
 from dreamfusion.shading import Background
-from dreamfusion.trainer import StepMetrics, Trainer, TrainingError, TrainResult, read_checkpoint, resolve_device
-from dreamfusion.typed_config import ConfigError
+from dreamfusion.trainer import (
+    StepMetrics, Trainer, TrainingError, TrainResult, check_training_fits, read_checkpoint, resolve_device,
+)  # fmt: skip
+from dreamfusion.typed_config import ConfigError, differing_keys, merge, to_dict
 
 RUN_FILES = (
     "config.yaml", "checkpoint.pt", "metrics.jsonl", "run.log", "turntable.mp4", "turntable.gif", "preview.png",
     "mesh.glb", "eval.json", "eval_clip.json",
 )  # fmt: skip
+RESUMABLE_CHANGES = ("trainer.iters",)
+"""The only config key a resumed run may change (to extend it)."""
+EMPTY_OPACITY = 1e-3
+"""Mean render opacity below which a step's view shows nothing: run.log notes when the field empties."""
 
-
-class RunError(RuntimeError):
-    """A problem with the run directory or the request; the message is for the user."""
+__all__ = ["GenerateResult", "RunError", "check_run_dir", "generate", "load_scene", "prompt_slug", "validate_prompt"]
 
 
 def prompt_slug(prompt: str) -> str:
@@ -54,31 +69,66 @@ def validate_prompt(prompt: str) -> str:
     return cleaned
 
 
+def _has_run_files(run_dir: Path) -> bool:
+    return run_dir.is_dir() and any(path.name != LOCK_NAME for path in run_dir.iterdir())
+
+
 def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     """Refuse a run directory that would lose earlier results (nothing is created or changed here)."""
     if resume and overwrite:
         raise RunError("--resume and --overwrite contradict each other; choose one")
     if run_dir.exists() and not run_dir.is_dir():
         raise RunError(f"{run_dir} exists and is not a directory; choose another --out")
-    has_files = run_dir.is_dir() and any(run_dir.iterdir())
     if resume:
         if not (run_dir / "checkpoint.pt").is_file():
             raise RunError(f"nothing to resume: {run_dir / 'checkpoint.pt'} does not exist")
-    elif has_files and not overwrite:
+    elif _has_run_files(run_dir) and not overwrite:
         raise RunError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
     blocker = next((parent for parent in (run_dir, *run_dir.parents) if parent.exists()), None)
     if blocker is not None and not blocker.is_dir():
         raise RunError(f"cannot write to {run_dir}: {blocker} is a file; choose another --out")
 
 
-def create_run_dir(run_dir: Path) -> None:
+@contextlib.contextmanager
+def claim_run_dir(run_dir: Path, context: DistributedContext, check: Callable[[], None]) -> Iterator[None]:
+    """Create ``run_dir`` if needed and hold its writer lock for the block (main rank; the other ranks learn
+    of a refusal), then ``check`` it again now that no other process can change it. If the block fails and
+    this call created the directory, nothing of it is left behind."""
+    lock, created, problem = None, [], None
+    if context.is_main:
+        try:
+            created = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]  # innermost first
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise RunError(f"cannot write to {run_dir}: {error.strerror}; choose another --out") from None
+            lock = lock_run(run_dir)
+            check()
+        except RunError as error:
+            problem = str(error)
+            if lock is not None:
+                _release(lock, run_dir, created)
+            lock = None
+    problem = broadcast_from_main(context, problem)
+    if problem is not None:
+        raise RunError(problem)
+    failed = True
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise RunError(f"cannot write to {run_dir}: {error.strerror}; choose another --out") from None
+        yield
+        failed = False
+    finally:
+        if lock is not None:
+            _release(lock, run_dir, created if failed and not _has_run_files(run_dir) else [])
+
+
+def _release(lock: RunLock, run_dir: Path, remove: list[Path]) -> None:
+    """Release the lock; ``remove``: the folders this process created, to take away again (a failed start)."""
+    if remove:
+        (run_dir / LOCK_NAME).unlink(missing_ok=True)
+    lock.release()
+    for folder in remove:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def clear_run_files(run_dir: Path) -> None:
@@ -87,41 +137,62 @@ def clear_run_files(run_dir: Path) -> None:
         path = run_dir / name
         if path.is_file():
             path.unlink()
-    for leftover in run_dir.glob(".*.tmp*"):
+    for leftover in run_dir.glob(TEMPORARY_GLOB):
         leftover.unlink()
 
 
 def log_line(run_dir: Path, message: str) -> None:
-    with (run_dir / "run.log").open("a", encoding="utf-8") as handle:
-        handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+    append_line(run_dir / "run.log", f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}")
 
 
-def truncate_metrics(path: Path, before_step: int) -> None:
-    """Drop metric lines logged after the checkpoint a resumed run restarts from."""
+def truncate_metrics(path: Path, before_step: int) -> int:
+    """Drop metric lines logged after the checkpoint a resumed run restarts from, and lines that cannot be
+    read (a last line torn by a kill or power loss). Returns how many unreadable lines were dropped."""
     if not path.is_file():
-        return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line and json.loads(line)["step"] < before_step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    os.replace(tmp, path)
+        return 0
+    read = read_jsonl(path)
+    kept = [record for record in read.records if int(record.get("step", before_step)) < before_step]
+    write_text_atomic(path, "".join(json_line(record) for record in kept))
+    return read.dropped
+
+
+def json_line(record: dict[str, Any]) -> str:
+    return json.dumps(record) + "\n"
 
 
 @dataclass
 class GenerateResult:
     run_dir: Path
     train: TrainResult
-    outputs: TurntableOutputs
     device: torch.device
+    written: list[str] = field(default_factory=list)
+    """The output files written (turntable.gif, preview.png, mesh.glb, ...)."""
+    notes: list[str] = field(default_factory=list)
+    """What was skipped and why, for the user (also in run.log)."""
+    rebuilt: bool = False
+    """The run had finished training: only its missing outputs were written."""
 
 
-def resume_config(run_dir: Path, prompt: str, iters: int | None) -> RunConfig:
-    """On --resume the run's own config.yaml rules; only a new --iters may extend the run."""
+def resume_config(run_dir: Path, prompt: str, iters: int | None, requested: dict[str, Any] | None = None) -> RunConfig:
+    """On --resume the run's own config.yaml rules: a new --iters may extend the run, and anything else the
+    user asked for explicitly (``requested``: a config file's keys and typed flags) must agree with it."""
     try:
         saved = load_config(run_dir / "config.yaml")
     except ConfigError as error:
         raise RunError(f"cannot resume: {error}") from None
     if prompt and prompt != saved.prompt:
         raise RunError(f"cannot resume: {run_dir} was made for the prompt {saved.prompt!r}, not {prompt!r}")
+    if requested:
+        try:
+            asked = merge(saved, requested)
+        except ConfigError as error:
+            raise RunError(f"cannot resume: {error}") from None
+        changed = differing_keys(to_dict(saved), to_dict(asked), ignore=RESUMABLE_CHANGES)
+        if changed:
+            raise RunError(
+                f"cannot resume with other settings ({', '.join(changed)}): a resumed run keeps its own "
+                f"config.yaml; only --iters may change. Start a new run with --overwrite or another --out"
+            )
     if iters is not None:
         saved = replace(saved, trainer=replace(saved.trainer, iters=iters))
     return saved
@@ -136,23 +207,25 @@ def generate(
     on_step: Callable[[StepMetrics], None] | None = None,
     on_start: Callable[[Trainer], None] | None = None,
     context: DistributedContext | None = None,
+    requested: dict[str, Any] | None = None,
 ) -> GenerateResult:
-    """Optimize a NeRF for ``config.prompt`` and write the run directory. Errors are RunError / TrainingError /
-    PriorError / ConfigError with a message for the user; earlier results are left intact on any of them.
-    With ``resume``, the run's saved config is used (``config`` only supplies the prompt to check) and
-    ``resume_iters`` may extend it.
+    """Optimize a NeRF for ``config.prompt`` and write the run directory, holding its writer lock throughout.
+    Errors are DreamfusionErrors with a message for the user; earlier results are left intact on any of them.
+    With ``resume``, the run's saved config is used (``config`` only supplies the prompt to check,
+    ``requested`` what the user asked for explicitly, which must agree) and ``resume_iters`` may extend it.
 
     ``context`` None reads torchrun's variables (``init_distributed``): under torchrun every rank trains its
     own views with DDP-averaged gradients, only the main rank touches ``run_dir`` and runs the callbacks,
     and every rank returns the same result. A process group created here is destroyed here.
     """
-    check_run_dir(run_dir, resume, overwrite)  # on every rank, before the main rank writes anything
-    if resume:
-        config = resume_config(run_dir, config.prompt, resume_iters)
+    check_run_dir(run_dir, resume, overwrite)  # on every rank, before the main rank creates anything
     owns_group = context is None and not group_exists()
     context = init_distributed(config.device) if context is None else context
     try:
-        return _generate(config, run_dir, resume, overwrite, on_step, on_start, context)
+        with claim_run_dir(run_dir, context, lambda: check_run_dir(run_dir, resume, overwrite)):
+            if resume:
+                config = resume_config(run_dir, config.prompt, resume_iters, requested)
+            return _generate(config, run_dir, resume, overwrite, on_step, on_start, context)
     finally:
         if owns_group:
             cleanup(context)
@@ -169,17 +242,18 @@ def _generate(
 ) -> GenerateResult:
     device, main = context.device, context.is_main
     # Everything that can fail on bad input happens before the first file is written or removed.
+    check_training_fits(config, device)
+    check_turntable_size(config.turntable, DEFAULT_PANELS, ("turntable.resolution", "turntable.frames"))
     prior = build_prior(config.prior, device)
     trainer = Trainer(config, prior, device, context)
     barrier(context)
-    if main:
-        create_run_dir(run_dir)
     if resume:
         trainer.load_checkpoint(run_dir / "checkpoint.pt")  # every rank reads it
         if trainer.step >= config.trainer.iters:
-            raise RunError(f"{run_dir} already finished {trainer.step} steps; pass a larger --iters to continue")
+            return _finish_outputs(trainer, run_dir, context)
         if main:
-            truncate_metrics(run_dir / "metrics.jsonl", trainer.step)
+            _repair_logs(run_dir, trainer.step)
+            write_text_atomic(run_dir / "config.yaml", dump_config(config))  # a new --iters
             log_line(run_dir, f"resumed at step {trainer.step} of {config.trainer.iters}{_ranks(context)}")
     elif main:
         if overwrite:
@@ -191,8 +265,16 @@ def _generate(
         )
     if on_start is not None and main:
         on_start(trainer)
+    watch = EmptyFieldWatch(run_dir) if main else None
+
+    def step_done(metrics: StepMetrics) -> None:
+        if watch is not None and metrics.step % config.trainer.log_every == 0:
+            watch.see(metrics)
+        if on_step is not None and main:
+            on_step(metrics)
+
     try:
-        result = trainer.fit(run_dir, on_step=on_step if main else None)
+        result = trainer.fit(run_dir, on_step=step_done)
     except TrainingError as error:
         if main:
             log_line(run_dir, f"error: {error}")
@@ -201,8 +283,56 @@ def _generate(
     if main:
         log_line(run_dir, f"trained to step {result.steps} in {result.seconds:.1f} s, {result.skipped_steps} steps skipped")
         outputs = write_outputs(trainer, run_dir)
-    outputs = broadcast_from_main(context, outputs)  # also keeps the other ranks until the outputs exist
-    return GenerateResult(run_dir=run_dir, train=result, outputs=outputs, device=device)
+    written, notes = broadcast_from_main(context, outputs)  # also keeps the other ranks until the outputs exist
+    return GenerateResult(run_dir=run_dir, train=result, device=device, written=written, notes=notes)
+
+
+def _repair_logs(run_dir: Path, step: int) -> None:
+    """Before a resumed run appends: drop metric lines past the checkpoint and a torn last line, and close a
+    run.log line left open by a kill."""
+    dropped = truncate_metrics(run_dir / "metrics.jsonl", step)
+    if end_with_newline(run_dir / "run.log"):
+        log_line(run_dir, "warning: the last line above was cut short when the run was stopped")
+    if dropped:
+        log_line(run_dir, f"warning: dropped {dropped} unreadable line(s) of metrics.jsonl (cut short by a kill or power loss)")
+
+
+def _finish_outputs(trainer: Trainer, run_dir: Path, context: DistributedContext) -> GenerateResult:
+    """--resume of a run that finished training: write the outputs a late kill left missing, nothing else."""
+    config = trainer.config
+    done = TrainResult(steps=trainer.step, skipped_steps=trainer.skipped_steps, seconds=0.0)
+    missing = broadcast_from_main(context, missing_outputs(run_dir) if context.is_main else None)
+    if not missing:
+        raise RunError(
+            f"{run_dir} already finished {trainer.step} steps and has all its outputs; pass a larger --iters to "
+            f"continue (it was made for {config.trainer.iters})"
+        )
+    outputs = None
+    if context.is_main:
+        log_line(run_dir, f"resumed a finished run to write its missing outputs: {', '.join(missing)}")
+        outputs = write_outputs(trainer, run_dir, only=set(missing))
+    written, notes = broadcast_from_main(context, outputs)
+    return GenerateResult(run_dir=run_dir, train=done, device=context.device, written=written, notes=notes, rebuilt=True)
+
+
+class EmptyFieldWatch:
+    """Notes in run.log when the rendered views go empty (the field lost its density) and when they come
+    back: an empty field is a result to report, not a crash."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.empty = False
+
+    def see(self, metrics: StepMetrics) -> None:
+        if metrics.skipped:
+            return
+        empty = metrics.opacity < EMPTY_OPACITY
+        if empty and not self.empty:
+            log_line(self.run_dir, f"step {metrics.step}: the view is empty (mean opacity {metrics.opacity:.2g}); "
+                                   "the field holds no visible density")  # fmt: skip
+        elif self.empty and not empty:
+            log_line(self.run_dir, f"step {metrics.step}: the field is visible again (mean opacity {metrics.opacity:.2g})")
+        self.empty = empty
 
 
 def _ranks(context: DistributedContext) -> str:
@@ -211,32 +341,57 @@ def _ranks(context: DistributedContext) -> str:
 
 GENERATE_MESH_RESOLUTION = 128
 """Grid of the mesh.glb that generate writes; `dreamfusion export` makes finer ones (256 by default)."""
+TURNTABLE_FILES = {"turntable.gif": "gif", "turntable.mp4": "mp4", "preview.png": "preview"}
+"""The files ``write_turntable`` makes, and its name for each."""
 
 
-def write_outputs(trainer: Trainer, run_dir: Path) -> TurntableOutputs:
-    """The turntable, preview and mesh.glb of a trained run. A field with no surface yet (too few steps)
-    gets no mesh.glb, and run.log says why: never an empty file."""
+def expected_outputs() -> tuple[str, ...]:
+    """The outputs a finished run should have (turntable.mp4 only where an mp4 encoder is installed)."""
+    return tuple(name for name in (*TURNTABLE_FILES, "mesh.glb") if name != "turntable.mp4" or mp4_available())
+
+
+def missing_outputs(run_dir: Path) -> list[str]:
+    return [name for name in expected_outputs() if not (run_dir / name).is_file()]
+
+
+def write_outputs(trainer: Trainer, run_dir: Path, only: set[str] | None = None) -> tuple[list[str], list[str]]:
+    """The turntable, preview and mesh.glb of a trained run (``only``: just these files). A field with no
+    surface (too few steps, or emptied) gets no mesh.glb, and run.log says why: never an empty file.
+    Returns the names written and notes on what was skipped."""
     from dreamfusion.export.mesh import MeshExportConfig, MeshExportError, extract_mesh, write_mesh
 
     config = trainer.config
+    wanted = set(only) if only is not None else {*TURNTABLE_FILES, "mesh.glb"}
+    written: list[str] = []
+    notes: list[str] = []
     scene = Scene(trainer.field.eval(), trainer.background.eval(), config.renderer, config.shading)
-    outputs = write_turntable(scene, config.turntable, run_dir)
-    if outputs.mp4_error:
-        log_line(run_dir, f"turntable.mp4 skipped: {outputs.mp4_error}")
-    log_line(run_dir, "wrote turntable and preview")
-    mesh_config = MeshExportConfig(resolution=GENERATE_MESH_RESOLUTION, auto_samples=config.renderer.num_samples)
-    try:
-        mesh = extract_mesh(scene.field, mesh_config)
-        write_mesh(mesh, run_dir / "mesh.glb")
-        log_line(run_dir, f"wrote mesh.glb: {mesh.num_faces} faces at density {mesh.threshold:.1f}")
-    except MeshExportError as error:
-        log_line(run_dir, f"mesh.glb skipped: {error}")
-    return outputs
+    turntable = tuple(kind for name, kind in TURNTABLE_FILES.items() if name in wanted)
+    if turntable:
+        outputs = write_turntable(scene, config.turntable, run_dir, include=turntable)  # type: ignore[arg-type]
+        written += [path.name for path in outputs.written]
+        if outputs.mp4_error:
+            notes.append(f"turntable.mp4 skipped: {outputs.mp4_error}")
+        log_line(run_dir, f"wrote {', '.join(path.name for path in outputs.written)}")
+    if "mesh.glb" in wanted:
+        mesh_config = MeshExportConfig(resolution=GENERATE_MESH_RESOLUTION, auto_samples=config.renderer.num_samples)
+        try:
+            mesh = extract_mesh(scene.field, mesh_config)
+            write_mesh(mesh, run_dir / "mesh.glb")
+            written.append("mesh.glb")
+            log_line(run_dir, f"wrote mesh.glb: {mesh.num_faces} faces at density {mesh.threshold:.1f}")
+        except MeshExportError as error:
+            notes.append(f"mesh.glb skipped: {error}")
+    for note in notes:
+        log_line(run_dir, note)
+    return written, notes
 
 
 def load_scene(run_dir: Path, device_name: str = "auto") -> tuple[RunConfig, Scene]:
-    """The config and trained field of a run directory, for rendering and export."""
+    """The config and trained field of a run directory, for rendering and export. The checkpoint must have
+    been written by the run that config.yaml describes."""
     if not (run_dir / "config.yaml").is_file() or not (run_dir / "checkpoint.pt").is_file():
+        if (run_dir / "config.yaml").is_file() and is_locked(run_dir):
+            raise RunError(f"{run_dir} has no checkpoint yet: {describe_holder(run_dir)} is still writing it; try again later")
         raise RunError(f"{run_dir} is not a dreamfusion run (config.yaml and checkpoint.pt expected)")
     try:
         config = load_config(run_dir / "config.yaml")
@@ -244,6 +399,13 @@ def load_scene(run_dir: Path, device_name: str = "auto") -> tuple[RunConfig, Sce
         raise RunError(f"cannot read {run_dir / 'config.yaml'}: {error}") from None
     device = resolve_device(device_name)
     state = read_checkpoint(run_dir / "checkpoint.pt")
+    saved = state.get("config")
+    changed = differing_keys(saved, to_dict(config), ignore=RESUMABLE_CHANGES) if isinstance(saved, dict) else ["all"]
+    if changed:
+        raise RunError(
+            f"{run_dir / 'checkpoint.pt'} was not written by the run of {run_dir / 'config.yaml'} "
+            f"(they differ in {', '.join(changed[:4])}{', ...' if len(changed) > 4 else ''}); copy a run's files together"
+        )
     field, background = NeRFField(config.field), Background(config.background)
     try:
         field.load_state_dict(state["field"])
@@ -253,7 +415,8 @@ def load_scene(run_dir: Path, device_name: str = "auto") -> tuple[RunConfig, Sce
     return config, Scene(field.to(device).eval(), background.to(device).eval(), config.renderer, config.shading)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def lock_for_writing(run_dir: Path, hint: str = "") -> RunLock:
+    """The writer lock of an existing run, for a command that writes into it (render, export, eval-clip)."""
+    if not (run_dir / "config.yaml").is_file():  # checked first: no lock file appears in a folder that is no run
+        raise RunError(f"{run_dir} is not a dreamfusion run (config.yaml and checkpoint.pt expected)")
+    return lock_run(run_dir, hint)

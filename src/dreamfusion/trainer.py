@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -19,7 +18,9 @@ from torch import Tensor, nn
 
 from dreamfusion.cameras import CameraBatch, sample_cameras
 from dreamfusion.distributed import DistributedContext, all_reduce_mean, gather_to_main, rank_seed
+from dreamfusion.errors import DreamfusionError
 from dreamfusion.field import FieldOutput, NeRFField
+from dreamfusion.files import append_line, write_atomic
 from dreamfusion.priors.base import DiffusionPrior, PromptEmbeddings
 from dreamfusion.regularizers import loss_opacity, loss_orientation
 from dreamfusion.renderer import RendererConfig, RenderOutput, SceneField, render
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 CHECKPOINT_VERSION = 1
 
 
-class TrainingError(RuntimeError):
+class TrainingError(DreamfusionError, RuntimeError):
     """The run cannot go on (diverged, or a checkpoint does not fit); the message is for the user."""
 
 
@@ -84,6 +85,8 @@ class StepMetrics:
     loss_sds: float
     loss_orient: float
     loss_opacity: float
+    opacity: float
+    """Mean opacity of the step's rendered views (near 0: the field shows nothing from there)."""
     lambda_orient: float
     lambda_opacity: float
     lr: float
@@ -132,6 +135,34 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise TrainingError("--device cuda was asked for, but no CUDA device is available; use --device cpu")
     return torch.device(name)
+
+
+BYTES_PER_SAMPLE = 64
+"""A lower bound of the memory one ray sample takes in a training step: its position, distance, density,
+albedo, compositing terms and normal, all kept for the backward pass."""
+BYTES_PER_PARAMETER = 16
+"""A parameter, its gradient and Adam's two moments, in float32."""
+
+
+def check_training_fits(config: RunConfig, device: torch.device) -> None:
+    """Refuse, before anything is allocated, sizes whose training step could never fit on ``device``."""
+    from dreamfusion.memory import check_size
+
+    camera, renderer, trainer, encoding = config.camera, config.renderer, config.trainer, config.field.encoding
+    samples = renderer.num_samples + renderer.num_importance
+
+    def step_bytes(batch: int, side: int, per_ray: int) -> float:
+        return float(batch) * float(side) ** 2 * per_ray * BYTES_PER_SAMPLE
+
+    check_size("camera.resolution", camera.resolution, lambda side: step_bytes(trainer.batch_size, side, samples), device)
+    check_size("trainer.batch_size", trainer.batch_size, lambda batch: step_bytes(batch, camera.resolution, samples), device)
+    check_size("renderer.num_samples", renderer.num_samples,
+               lambda n: step_bytes(trainer.batch_size, camera.resolution, n + renderer.num_importance), device)  # fmt: skip
+    check_size("renderer.num_importance", renderer.num_importance,
+               lambda n: step_bytes(trainer.batch_size, camera.resolution, n + renderer.num_samples), device)  # fmt: skip
+    # The finest level alone fills its table once the grid has more cells than the table has rows.
+    check_size("field.encoding.log2_table_size", encoding.log2_table_size,
+               lambda bits: 2.0**bits * encoding.features_per_level * BYTES_PER_PARAMETER, device)  # fmt: skip
 
 
 class SceneRenderer(nn.Module):
@@ -220,6 +251,7 @@ class Trainer:
         self.step = 0
         self.skipped_steps = 0
         self.nonfinite_in_row = 0
+        self.last_checkpoint_step: int | None = None
         self.embeddings: PromptEmbeddings = prior.encode_prompt(config.prompt, config.guidance.negative_prompt).to(device)
         scale = config.guidance.guidance_scale
         self.guidance_scale = prior.default_guidance_scale if scale is None else scale
@@ -302,13 +334,13 @@ class Trainer:
         loss.backward()
         params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        parts = torch.stack([loss, sds.loss_sds, orient, opacity]).detach().float()
+        parts = torch.stack([loss, sds.loss_sds, orient, opacity, out.opacity.mean()]).detach().float()
         nonfinite = (~(torch.isfinite(loss) & torch.isfinite(grad_norm))).float()
         if self.context.distributed:
             # One small all-reduce: the losses of the log become means over ranks, and a step that is not
             # finite on some rank is skipped on all of them, so the ranks' parameters never part.
             reduced = all_reduce_mean(self.context, torch.cat((parts, nonfinite[None])))
-            parts, nonfinite = reduced[:4], reduced[4]
+            parts, nonfinite = reduced[:-1], reduced[-1]
         finite = not bool(nonfinite)
         if finite:
             self.optimizer.step()
@@ -319,13 +351,14 @@ class Trainer:
             self.nonfinite_in_row += 1
         self.step += 1
         elapsed = time.perf_counter() - started
-        logged_loss, logged_sds, logged_orient, logged_opacity = parts.tolist()
+        logged_loss, logged_sds, logged_orient, logged_opacity, mean_opacity = parts.tolist()
         return StepMetrics(
             step=step,
             loss=logged_loss,
             loss_sds=logged_sds,
             loss_orient=logged_orient,
             loss_opacity=logged_opacity,
+            opacity=mean_opacity,
             lambda_orient=lambda_orient,
             lambda_opacity=lambda_opacity,
             lr=trainer.lr * factor,
@@ -356,22 +389,29 @@ class Trainer:
             metrics = self.train_step()
             result.last = metrics
             if metrics.skipped and self.nonfinite_in_row >= trainer.max_consecutive_nonfinite:
-                raise TrainingError(
-                    f"stopped at step {self.step}: {self.nonfinite_in_row} steps in a row had a non-finite loss or "
-                    "gradient; the last good checkpoint is kept. Try a lower --lr or guidance scale."
-                )
+                raise TrainingError(self._divergence_message(run_dir))
             if metrics.step % trainer.log_every == 0 or self.step == end:
                 result.history.append(metrics)
                 if run_dir is not None and self.context.is_main:
-                    append_jsonl(run_dir / "metrics.jsonl", asdict(metrics))
+                    append_line(run_dir / "metrics.jsonl", json.dumps(asdict(metrics)))
             if on_step is not None:
                 on_step(metrics)
-            if run_dir is not None and (self.step % trainer.checkpoint_every == 0 or self.step == end):
+            # No checkpoint while steps fail: the last one written stays the last good state.
+            if run_dir is not None and self.nonfinite_in_row == 0 and (self.step % trainer.checkpoint_every == 0 or self.step == end):
                 self.save_checkpoint(run_dir / "checkpoint.pt")
         result.steps = self.step
         result.skipped_steps = self.skipped_steps
         result.seconds = time.perf_counter() - started
         return result
+
+    def _divergence_message(self, run_dir: Path | None) -> str:
+        kept = "no checkpoint was written yet"
+        if run_dir is not None and self.last_checkpoint_step is not None:
+            kept = f"the last good checkpoint (step {self.last_checkpoint_step}) is kept"
+        return (
+            f"stopped at step {self.step}: the run diverged ({self.nonfinite_in_row} steps in a row had a non-finite "
+            f"loss or gradient, {self.skipped_steps} skipped in all); {kept}. Lower trainer.lr or the guidance scale"
+        )
 
     # -- checkpoints ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -395,21 +435,26 @@ class Trainer:
         ranks = gather_to_main(self.context, self.rng.state_dict()) if self.context.distributed else None
         if not self.context.is_main:
             return
+        if not all(bool(torch.isfinite(p).all()) for p in self.field.parameters()):
+            return  # a broken state never replaces the last good checkpoint
         state = self.state_dict()
         if ranks is not None:
             state["rng_ranks"] = ranks
-        atomic_torch_save(state, path)
+        write_atomic(path, lambda tmp: torch.save(state, tmp))
+        self.last_checkpoint_step = self.step
 
     def load_checkpoint(self, path: Path) -> None:
         """Restore a checkpoint written by ``save_checkpoint`` for the same run config."""
-        from dreamfusion.typed_config import to_dict
+        from dreamfusion.typed_config import differing_keys, to_dict
 
         state = read_checkpoint(path)
-        saved, current = state["config"], to_dict(self.config)
         # Only the number of iterations may change on resume (to extend a run).
-        comparable = {**saved, "trainer": {**saved.get("trainer", {}), "iters": None}}
-        if comparable != {**current, "trainer": {**current["trainer"], "iters": None}}:
-            raise TrainingError(f"{path} was written by a run with another config; start a new run or pass --overwrite")
+        changed = differing_keys(state.get("config") or {}, to_dict(self.config), ignore=("trainer.iters",))
+        if changed:
+            raise TrainingError(
+                f"{path} was written by a run with another config (it differs in {', '.join(changed[:4])}); "
+                "start a new run or pass --overwrite"
+            )
         try:
             self.field.load_state_dict(state["field"])
             self.background.load_state_dict(state["background"])
@@ -418,6 +463,7 @@ class Trainer:
         except (RuntimeError, KeyError, ValueError) as error:
             raise TrainingError(f"{path} does not fit this model ({str(error).splitlines()[0]})") from None
         self.step = int(state["step"])
+        self.last_checkpoint_step = self.step
         self.skipped_steps = int(state["skipped_steps"])
         self.nonfinite_in_row = int(state["nonfinite_in_row"])
 
@@ -442,15 +488,3 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
         raise TrainingError(f"{path} is not a dreamfusion checkpoint of version {CHECKPOINT_VERSION}")
     return state
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file beside ``path`` and rename, so a crash never leaves a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")

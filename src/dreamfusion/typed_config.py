@@ -1,19 +1,34 @@
 """Strict conversion between nested frozen config dataclasses and plain dicts (YAML / JSON).
 
-Unknown keys, wrong types and values outside a ``Literal`` fail with a message naming the key path.
+Unknown keys, wrong types, non-finite numbers and values outside a ``Literal`` fail with a message naming the
+key path.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+from dreamfusion.errors import DreamfusionError
 
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(DreamfusionError, ValueError):
     """A config value or key is invalid; the message names the key."""
+
+
+MAX_SEED = 2**63 - 1
+"""Largest seed: torch's generators take 64-bit seeds, and a run derives more seeds from its own (seed + 1,
+and seed + 1000 r for rank r), which must stay in that range."""
+
+
+def check_seed(seed: int, name: str = "seed") -> None:
+    """ValueError unless ``seed`` can seed every generator of a run."""
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{name} must be an integer from 0 to {MAX_SEED}, got {_short(seed)}")
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -109,15 +124,40 @@ def _convert(hint: Any, value: Any, path: str) -> Any:
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+            raise ConfigError(f"{path}: expected an integer, got {_short(value)}")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
-        return float(value)
+        number = float(value) if isinstance(value, float) or abs(value) < 2**1023 else math.inf
+        if not math.isfinite(number):  # YAML reads .nan and .inf as numbers; no setting means them
+            raise ConfigError(f"{path}: expected a finite number, got {_short(value)}")
+        return number
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{path}: expected a string, got {value!r}")
         return value
     raise ConfigError(f"{path}: unsupported config type {hint!r}")
 
+
+
+def _short(value: Any) -> str:
+    """A value for an error message, cut to one readable line."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...{text[-8:]} ({len(text)} characters)"
+
+
+def differing_keys(a: dict[str, Any], b: dict[str, Any], ignore: tuple[str, ...] = (), path: str = "") -> list[str]:
+    """The dotted keys whose values differ between two nested dicts (e.g. two configs' ``to_dict``), except
+    those in ``ignore``."""
+    keys: list[str] = []
+    for key in sorted(set(a) | set(b), key=str):
+        dotted = f"{path}.{key}" if path else str(key)
+        if dotted in ignore:
+            continue
+        left, right = a.get(key), b.get(key)
+        if isinstance(left, dict) and isinstance(right, dict):
+            keys += differing_keys(left, right, ignore, dotted)
+        elif left != right or (key in a) != (key in b):
+            keys.append(dotted)
+    return keys

@@ -20,12 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
+from dreamfusion.errors import DreamfusionError
+from dreamfusion.files import read_jsonl
+
 # Rotation taking the GLB's y-up coordinates back to the NeRF's z-up world (viser's default up axis):
 # +90 degrees about x, as a wxyz quaternion.
 _Y_UP_TO_Z_UP_WXYZ = (float(np.cos(np.pi / 4)), float(np.sin(np.pi / 4)), 0.0, 0.0)
 
 
-class ViewerError(RuntimeError):
+class ViewerError(DreamfusionError, RuntimeError):
     """The viewer cannot start (missing viser, not a run directory, port taken); the message is for the user."""
 
 
@@ -79,18 +82,12 @@ def read_summary(run_dir: Path) -> RunSummary:
         raise ViewerError(f"{run_dir} is not a dreamfusion run (no config.yaml)")
     try:
         prompt = str((yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}).get("prompt", ""))
-    except yaml.YAMLError as error:
-        raise ViewerError(f"cannot read {config_path}: {error}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ViewerError(f"cannot read {config_path}: {str(error).splitlines()[0]}") from None
     metrics = None
-    metrics_path = run_dir / "metrics.jsonl"
-    if metrics_path.is_file():
-        lines = [line for line in metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        for line in reversed(lines):  # the last complete line (a crash can leave a partial one)
-            try:
-                metrics = json.loads(line)
-                break
-            except json.JSONDecodeError:
-                continue
+    records = read_jsonl(run_dir / "metrics.jsonl").records  # complete lines only: a run being written may end mid-line
+    if records:
+        metrics = records[-1]
     evaluations = {}
     for path in sorted(run_dir.glob("eval*.json")):
         try:

@@ -61,3 +61,34 @@ def test_empty_prompt_is_refused() -> None:
         with pytest.raises(PriorError, match="empty"):
             vocab.tokenize(text)
     assert vocab.unconditional_tokens() == [vocab.BOS_ID, 0, 0, 0]
+
+
+@pytest.mark.parametrize(
+    ("text", "word"),
+    [
+        ("a red chair 🪑 ünïcödé", "🪑"),  # the first unknown word, not a fragment of a later one
+        ("a red chair ünïcödé 🪑", "ünïcödé"),
+        ("a red chair🪑", "🪑"),  # an emoji beside a word is a word of its own
+        ("a red ÜNÏCÖDÉ chair", "ünïcödé"),  # lower-cased, accents kept
+        ("a red cha\u0308ir", "cha\u0308ir"),  # a combining mark stays in its word
+        ("a red chair 👍🏽", "👍🏽"),  # a run of symbols (here an emoji and its skin tone) is one word
+    ],
+)
+def test_unknown_unicode_word_is_named_as_typed(text: str, word: str) -> None:
+    with pytest.raises(PriorError) as error:
+        vocab.tokenize(text)
+    assert f"the word {word!r};" in str(error.value)
+
+
+def test_unicode_whitespace_and_punctuation_separate_words() -> None:
+    expected = vocab.tokenize("a red chair, front view")
+    for text in ("a\u00a0red\u3000chair、front view", "«red-chair» — front view!", "red\u200bchair front\u2028view"):
+        assert vocab.tokenize(text) == expected
+    assert vocab.normalize_prompt("¿Red chair?") == "a red chair"
+    assert vocab.has_view("a chair¡side view!") and not vocab.has_view("a chair 🪑")
+
+
+def test_ascii_symbols_still_separate_words() -> None:
+    # ASCII keeps its rule: anything but a letter or digit splits ("+" and "$" are symbols, not punctuation).
+    assert vocab.tokenize("red+chair$front_view") == vocab.tokenize("a red chair, front view")
+    assert vocab.normalize_prompt("3D model of a RED chair") == "a 3d model of a red chair"

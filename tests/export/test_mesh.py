@@ -127,9 +127,10 @@ def test_empty_field_raises_and_writes_nothing(tmp_path: Path, monkeypatch: pyte
 
     scene = Scene(BallsField(SPHERE, scale=0.0), None, None, None)  # type: ignore[arg-type]
     monkeypatch.setattr(dreamfusion.run, "load_scene", lambda run_dir, device: (_Config, scene))
+    (tmp_path / "config.yaml").write_text("prompt: a ball\n")
     with pytest.raises(MeshExportError, match="empty"):
         export_run(tmp_path, "glb", resolution=16, device="cpu")
-    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "config.yaml"]  # no mesh, no temporary file
 
 
 def test_bad_config_values() -> None:
@@ -190,7 +191,7 @@ def test_every_panel_renders_and_depth_is_consistent_across_chunks() -> None:
     field = BallsField([((0.0, 0.0, 0.0), 0.4)], scale=10.0)
     scene = Scene(field, Background(BackgroundConfig()), RendererConfig(num_samples=48), ShadingConfig())
     cameras = turntable_cameras(TurntableConfig(frames=3, resolution=16))
-    frames = render_panels(scene, cameras, PANELS, chunk=1)  # one camera per chunk
+    frames = render_panels(scene, cameras, PANELS, max_rays=16 * 16)  # one camera per chunk
     assert frames.shape == (3, 16, 16 * len(PANELS), 3) and frames.dtype == np.uint8
     depth = frames[..., 16 * PANELS.index("depth") : 16 * (PANELS.index("depth") + 1), :]
     # A ball centred on the orbit looks the same from every azimuth: the same depth image in every chunk.

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from conftest import TINY_OVERRIDES  # noqa: E402
+from helpers import TINY_OVERRIDES  # noqa: E402
 from dreamfusion.cli import app  # noqa: E402
 from dreamfusion.priors import PriorConfig, PriorError, build_prior  # noqa: E402
 from dreamfusion.sds import score_distillation  # noqa: E402

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from conftest import TINY_OVERRIDES  # noqa: E402
+from helpers import TINY_OVERRIDES  # noqa: E402
 from dreamfusion.cli import app  # noqa: E402
 from dreamfusion.priors import PriorConfig, PriorError, build_prior  # noqa: E402
 from dreamfusion.priors.stable_diffusion import StableDiffusionPrior, StableDiffusionPriorConfig  # noqa: E402

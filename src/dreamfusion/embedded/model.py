@@ -8,7 +8,6 @@ refuses a file whose vocabulary no longer matches the package's.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -23,6 +22,7 @@ from dreamfusion.embedded import schedule
 from dreamfusion.embedded.text_encoder import TextEncoder
 from dreamfusion.embedded.unet import UNet
 from dreamfusion.embedded.vocabulary import MAX_TOKENS, TOKENS, VOCAB_SIZE
+from dreamfusion.files import write_atomic
 from dreamfusion.priors.base import PriorError
 from dreamfusion.typed_config import from_dict, to_dict
 
@@ -117,7 +117,7 @@ def parameter_count(model: nn.Module) -> int:
 
 
 def save_weights(model: EmbeddedDiffusion, path: str | Path) -> Path:
-    """Write float16 weights with config and vocabulary as metadata, atomically (tmp file + os.replace)."""
+    """Write float16 weights with config and vocabulary as metadata, atomically and durably."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {}
@@ -125,10 +125,7 @@ def save_weights(model: EmbeddedDiffusion, path: str | Path) -> Path:
         value = value.detach().cpu()
         tensors[name] = (value.to(torch.float16) if value.is_floating_point() else value).contiguous()
     metadata = {"format": FORMAT, "config": json.dumps(to_dict(model.config)), "tokens": json.dumps(list(TOKENS))}
-    temporary = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(temporary), metadata=metadata)
-    os.replace(temporary, path)
-    return path
+    return write_atomic(path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
 
 
 def read_config(path: str | Path) -> EmbeddedModelConfig:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -39,6 +38,7 @@ from torch import Tensor, nn
 
 from dreamfusion.cameras import VIEW_LABELS
 from dreamfusion.embedded.train import RenderPool
+from dreamfusion.files import write_atomic
 from dreamfusion.priors.base import PriorError
 from dreamfusion.procedural.dataset import COLOUR_NAMES, ProceduralBatch, ProceduralDataConfig, sample_batch
 from dreamfusion.procedural.objects import OBJECT_KINDS
@@ -135,11 +135,11 @@ def save_probe(network: ProbeNet, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().to(torch.float16).contiguous() for k, v in network.state_dict().items()}
     metadata = {"format": FORMAT, "config": json.dumps(to_dict(network.config)), "labels": _LABELS}
-    temporary = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(temporary), metadata=metadata)
-    temporary.chmod(0o644)  # safetensors writes 0600; the file is meant to ship inside the package
-    os.replace(temporary, path)
-    return path
+    def write(temporary: Path) -> None:
+        save_file(tensors, str(temporary), metadata=metadata)
+        temporary.chmod(0o644)  # safetensors writes 0600; the file is meant to ship inside the package
+
+    return write_atomic(path, write)
 
 
 @dataclass

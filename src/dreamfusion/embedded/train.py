@@ -29,7 +29,6 @@ import argparse
 import copy
 import json
 import math
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -44,6 +43,7 @@ from torch import Tensor
 from dreamfusion.embedded import vocabulary as vocab
 from dreamfusion.embedded.model import EmbeddedDiffusion, EmbeddedModelConfig, parameter_count, save_weights
 from dreamfusion.embedded.schedule import min_snr_weight, v_target
+from dreamfusion.files import write_atomic
 from dreamfusion.procedural.dataset import ProceduralBatch, ProceduralDataConfig, sample_batch
 from dreamfusion.sds import add_noise
 from dreamfusion.shading import SHADING_MODES
@@ -305,9 +305,7 @@ class PriorTrainer:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(obj, temporary)
-    os.replace(temporary, path)
+    write_atomic(path, lambda temporary: torch.save(obj, temporary))
 
 
 def train_prior(
@@ -415,7 +413,8 @@ def write_sample_sheet(weights: Path, out_png: Path, device: torch.device | str,
                          guidance_scale=SAMPLING_GUIDANCE_SCALE, generator=torch.Generator().manual_seed(0))
     rows, columns, size = len(vocab.OBJECT_NAMES), len(VIEW_LABELS), prior.resolution
     grid = images.view(rows, columns, 3, size, size).permute(0, 3, 1, 4, 2).reshape(rows * size, columns * size, 3)
-    Image.fromarray((grid.cpu().numpy() * 255).round().astype(np.uint8)).save(out_png)
+    picture = Image.fromarray((grid.cpu().numpy() * 255).round().astype(np.uint8))
+    write_atomic(out_png, lambda tmp: picture.save(tmp, format="PNG"))
     return out_png
 
 

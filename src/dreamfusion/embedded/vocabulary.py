@@ -13,7 +13,8 @@ training loop can make tokens straight from the dataset's integer labels without
 
 from __future__ import annotations
 
-import re
+import unicodedata
+from typing import Literal
 
 from dreamfusion.cameras import VIEW_LABELS
 from dreamfusion.priors.base import PriorError
@@ -46,11 +47,51 @@ VOCABULARY: frozenset[str] = frozenset(
 )
 """Every word a prompt may use."""
 
-_WORD = re.compile(r"[a-z0-9]+")
+_WordKind = Literal["text", "symbol", "join"]
+_JOINERS = frozenset("\u200c\u200d")
+"""Zero-width (non-)joiners: inside emoji sequences and in words of some scripts, so they never split."""
+
+
+def _char_kind(char: str) -> _WordKind | None:
+    """How a character takes part in a word; None for a separator.
+
+    ASCII keeps its old rule (letters and digits make words, everything else separates). Elsewhere whitespace,
+    punctuation (P*) and invisible format characters separate; letters and numbers are "text"; symbols such as
+    emoji (and any other character) are "symbol"; combining marks and joiners "join" the run they follow.
+    """
+    if char.isascii():
+        return "text" if char.isalnum() else None
+    category = unicodedata.category(char)
+    if char in _JOINERS or category[0] == "M":
+        return "join"
+    if char.isspace() or category[0] in "PZ" or category in ("Cc", "Cf"):
+        return None
+    return "text" if category[0] in "LN" else "symbol"
 
 
 def _words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
+    """Lower-cased words as typed: maximal runs of letters and digits, or of symbols (so an emoji next to a word
+    is a word of its own), split at whitespace and punctuation. "Red-chair." -> ["red", "chair"];
+    "ünïcödé🪑" -> ["ünïcödé", "🪑"]."""
+    words: list[str] = []
+    run: list[str] = []
+    run_kind: _WordKind | None = None
+    for char in text.lower():
+        kind = _char_kind(char)
+        if kind == "join":
+            if run:
+                run.append(char)
+                continue
+            kind = "text"  # a mark with nothing before it to attach to
+        if run and kind != run_kind:
+            words.append("".join(run))
+            run = []
+        if kind is not None:
+            run.append(char)
+        run_kind = kind
+    if run:
+        words.append("".join(run))
+    return words
 
 
 def normalize_prompt(text: str) -> str:

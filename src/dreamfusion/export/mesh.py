@@ -11,8 +11,8 @@ trimesh and scikit-image are imported lazily: the rest of the package works with
 
 from __future__ import annotations
 
+import contextlib
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -20,6 +20,9 @@ from typing import Literal
 import numpy as np
 import torch
 from jaxtyping import Float, Int, UInt8
+
+from dreamfusion.errors import DreamfusionError
+from dreamfusion.files import write_bytes_atomic
 
 MeshFormat = Literal["glb", "obj", "ply"]
 MESH_FORMATS: tuple[MeshFormat, ...] = ("glb", "obj", "ply")
@@ -32,7 +35,7 @@ _INSTALL_HINT = "mesh export needs {name}: pip install scikit-image==0.26.0 trim
 Z_UP_TO_Y_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
 
 
-class MeshExportError(RuntimeError):
+class MeshExportError(DreamfusionError, RuntimeError):
     """Export could not produce a meaningful mesh (empty field, degenerate mesh, missing dependency,
     bad request); the message is for the user. Nothing is written when it is raised."""
 
@@ -260,19 +263,32 @@ def write_mesh(mesh: Mesh, path: Path, format: MeshFormat | None = None) -> Path
     payload = data.encode("utf-8") if isinstance(data, str) else data
     if not payload:
         raise MeshExportError(f"trimesh produced an empty {fmt} file")
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_bytes(payload)
-        os.replace(tmp, path)
-    except OSError as error:
-        tmp.unlink(missing_ok=True)
-        raise MeshExportError(f"cannot write {path}: {error.strerror}") from None
-    return path
+    return write_bytes_atomic(path, payload)
+
+
+GRID_BYTES_PER_SAMPLE = 8
+"""Memory per grid sample of an extraction, a lower bound: the float32 density grid and its padded copy
+that marching cubes reads."""
+
+
+def mesh_format(format: str | None, out: Path | None) -> MeshFormat:
+    """The format of an export: ``out``'s suffix, which ``format`` (when given) must agree with; "glb" when
+    neither says."""
+    if format is not None and format not in MESH_FORMATS:
+        raise MeshExportError(f"unknown mesh format {format!r}; choose one of {', '.join(MESH_FORMATS)}")
+    if out is None:
+        return format or "glb"  # type: ignore[return-value]
+    suffix = Path(out).suffix.lower().lstrip(".")
+    if suffix not in MESH_FORMATS:
+        raise MeshExportError(f"--out {out} must end in .glb, .obj or .ply (the suffix says the format)")
+    if format is not None and format != suffix:
+        raise MeshExportError(f"--format {format} contradicts --out {out}, a .{suffix} file; make them agree")
+    return suffix  # type: ignore[return-value]
 
 
 def export_run(
     run_dir: Path,
-    format: MeshFormat = "glb",
+    format: MeshFormat | None = None,
     resolution: int = 256,
     device: str = "auto",
     threshold: float | None = None,
@@ -280,25 +296,31 @@ def export_run(
     config: MeshExportConfig | None = None,
 ) -> Path:
     """Extract the mesh of a run and write it to ``out`` (default RUN_DIR/mesh.FORMAT); returns the path.
+    The format comes from ``out``'s suffix or ``format`` (see ``mesh_format``). Writing into the run takes
+    its writer lock, so a run that is being trained is not written into; writing elsewhere only reads it.
 
     The automatic threshold uses the run's own renderer ``num_samples``. Raises RunError for a directory
-    that is not a run and MeshExportError when no mesh can be made.
+    that is not a run (or is in use) and MeshExportError when no mesh can be made.
     """
     from dataclasses import replace
 
-    from dreamfusion.run import load_scene
+    from dreamfusion.memory import check_size
+    from dreamfusion.run import load_scene, lock_for_writing
 
-    if format not in MESH_FORMATS:
-        raise MeshExportError(f"unknown mesh format {format!r}; choose one of {', '.join(MESH_FORMATS)}")
-    run_config, scene = load_scene(Path(run_dir), device)
+    run_dir = Path(run_dir)
+    fmt = mesh_format(format, out)
+    target = Path(out) if out is not None else run_dir / f"mesh.{fmt}"
     if config is None:
         try:
-            config = MeshExportConfig(
-                resolution=resolution, threshold=threshold, auto_samples=run_config.renderer.num_samples
-            )
+            config = MeshExportConfig(resolution=resolution, threshold=threshold)
         except ValueError as error:
             raise MeshExportError(str(error)) from None
-    elif config.threshold is None:
-        config = replace(config, auto_samples=run_config.renderer.num_samples)
-    mesh = extract_mesh(scene.field, config)
-    return write_mesh(mesh, Path(out) if out is not None else Path(run_dir) / f"mesh.{format}", format)
+    check_size("--resolution", config.resolution, lambda side: float(side) ** 3 * GRID_BYTES_PER_SAMPLE, "cpu")
+    into_run = run_dir.is_dir() and target.parent.resolve() == run_dir.resolve()
+    hint = "; or export while it trains with --out outside the run"
+    with lock_for_writing(run_dir, hint) if into_run else contextlib.nullcontext():
+        run_config, scene = load_scene(run_dir, device)
+        if config.threshold is None:
+            config = replace(config, auto_samples=run_config.renderer.num_samples)
+        mesh = extract_mesh(scene.field, config)
+        return write_mesh(mesh, target, fmt)

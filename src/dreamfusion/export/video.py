@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import os
+import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
-from jaxtyping import Float, UInt8
+from jaxtyping import Float, Shaped, UInt8
 from PIL import Image
 
 from dreamfusion.cameras import CameraBatch, TurntableConfig, turntable_cameras
 from dreamfusion.field import NeRFField
+from dreamfusion.files import write_atomic
 from dreamfusion.renderer import OccupancyGrid, RendererConfig, RenderOutput, render
 from dreamfusion.shading import Background, ShadingConfig
 
@@ -80,35 +82,58 @@ def _panel_image(scene: Scene, cameras: CameraBatch, panel: Panel) -> Float[torc
     return out.rgb
 
 
+MAX_RAYS = 1 << 16
+"""Rays per render call in videos and evaluation: bounds the renderer's memory (rays x samples) whatever the
+resolution."""
+
+
+@torch.no_grad()
+def render_in_chunks(
+    cameras: CameraBatch,
+    render_part: Callable[[CameraBatch], Shaped[torch.Tensor, "b h w C"]],
+    trailing: tuple[int, int],
+    device: torch.device | str,
+    max_rays: int = MAX_RAYS,
+    dtype: torch.dtype = torch.float32,
+) -> Shaped[torch.Tensor, "B H w C"]:
+    """``render_part`` of every camera, at most ``max_rays`` rays a call (see ``CameraBatch.ray_chunks``),
+    assembled on the CPU, without gradients. ``trailing`` is the (width, channels) of one image of
+    ``render_part``, which also gives the shape of an empty batch."""
+    batch, height = cameras.rays_o.shape[:2]
+    out = torch.zeros(batch, height, *trailing, dtype=dtype)
+    for camera_slice, row_slice in cameras.ray_chunks(max_rays):
+        out[camera_slice, row_slice] = render_part(cameras.subset(camera_slice, row_slice).to(device)).cpu()
+    return out
+
+
+def panel_strip(scene: Scene, cameras: CameraBatch, panels: tuple[Panel, ...]) -> Float[torch.Tensor, "B H W*P 3"]:
+    """The panels of each camera side by side, in [0, 1]."""
+    return torch.cat([_panel_image(scene, cameras, panel).clamp(0, 1) for panel in panels], dim=2)
+
+
+def _to_uint8(images: Float[torch.Tensor, "*B 3"]) -> UInt8[torch.Tensor, "*B 3"]:
+    return (images.cpu() * 255 + 0.5).to(torch.uint8)
+
+
 @torch.no_grad()
 def render_panels(
-    scene: Scene, cameras: CameraBatch, panels: tuple[Panel, ...] = DEFAULT_PANELS, chunk: int = 8
+    scene: Scene, cameras: CameraBatch, panels: tuple[Panel, ...] = DEFAULT_PANELS, max_rays: int = MAX_RAYS
 ) -> UInt8[np.ndarray, "B H W*P 3"]:
-    """Render each camera once per panel and place the panels side by side (in the order given)."""
+    """Render each camera once per panel and place the panels side by side (in the order given), at most
+    ``max_rays`` rays at a time; converted to bytes chunk by chunk, so float frames never pile up."""
     if not panels or any(panel not in PANELS for panel in panels):
         raise ValueError(f"panels must be a non-empty selection of {', '.join(PANELS)}, got {panels!r}")
     device = next(scene.field.parameters()).device
-    rows = []
-    for start in range(0, cameras.batch_size, chunk):
-        part = _slice(cameras, start, start + chunk).to(device)
-        images = [_panel_image(scene, part, panel).clamp(0, 1) for panel in panels]
-        rows.append(torch.cat(images, dim=2).cpu())
-    frames = torch.cat(rows, dim=0)
-    return (frames.numpy() * 255 + 0.5).astype(np.uint8)
-
-
-def _slice(cameras: CameraBatch, start: int, stop: int) -> CameraBatch:
-    return CameraBatch(
-        rays_o=cameras.rays_o[start:stop],
-        rays_d=cameras.rays_d[start:stop],
-        c2w=cameras.c2w[start:stop],
-        intrinsics=cameras.intrinsics[start:stop],
-        elevation=cameras.elevation[start:stop],
-        azimuth=cameras.azimuth[start:stop],
-        distance=cameras.distance[start:stop],
-        light_position=cameras.light_position[start:stop],
-        view_labels=cameras.view_labels[start:stop],
+    width = cameras.rays_o.shape[2]
+    frames = render_in_chunks(
+        cameras,
+        lambda part: _to_uint8(panel_strip(scene, part, panels)),
+        (width * len(panels), 3),
+        device,
+        max_rays,
+        torch.uint8,
     )
+    return frames.numpy()
 
 
 def _upscale(images: UInt8[np.ndarray, "*B H W 3"], factor: int) -> UInt8[np.ndarray, "*B H2 W2 3"]:
@@ -118,9 +143,15 @@ def _upscale(images: UInt8[np.ndarray, "*B H W 3"], factor: int) -> UInt8[np.nda
 
 def write_gif(frames: UInt8[np.ndarray, "B H W 3"], path: Path, fps: int = 15) -> None:
     images = [Image.fromarray(frame) for frame in frames]
-    tmp = path.with_name(f".{path.name}.tmp")
-    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
-    os.replace(tmp, path)
+    write_atomic(
+        path,
+        lambda tmp: images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0),
+    )
+
+
+def mp4_available() -> bool:
+    """Whether an mp4 encoder (imageio-ffmpeg) is installed."""
+    return importlib.util.find_spec("imageio_ffmpeg") is not None
 
 
 def write_mp4(frames: UInt8[np.ndarray, "B H W 3"], path: Path, fps: int = 30) -> None:
@@ -135,26 +166,59 @@ def write_mp4(frames: UInt8[np.ndarray, "B H W 3"], path: Path, fps: int = 30) -
     pad_h, pad_w = (-height) % 16, (-width) % 16
     if pad_h or pad_w:
         frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    tmp = path.with_name(f".{path.name}.tmp.mp4")
-    writer = imageio.get_writer(tmp, fps=fps, codec="libx264", quality=8, macro_block_size=1, ffmpeg_log_level="error")
-    for frame in frames:
-        writer.append_data(frame)
-    writer.close()
-    os.replace(tmp, path)
+
+    def encode(tmp: Path) -> None:
+        writer = imageio.get_writer(tmp, fps=fps, codec="libx264", quality=8, macro_block_size=1, ffmpeg_log_level="error")
+        for frame in frames:
+            writer.append_data(frame)
+        writer.close()
+
+    write_atomic(path, encode, suffix=".mp4")  # the encoder picks its container by the suffix
 
 
 def write_png(image: UInt8[np.ndarray, "H W 3"], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(image).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
+
+
+TurntableFile = Literal["gif", "mp4", "preview"]
 
 
 @dataclass
 class TurntableOutputs:
-    mp4: Path | None
-    gif: Path
-    preview: Path
+    written: list[Path]
+    """The files written, in order."""
     mp4_error: str | None = None
+    """Why turntable.mp4 was not written (no encoder installed), when it was asked for."""
+
+
+def _upscale_factor(resolution: int) -> int:
+    return max(1, 256 // resolution)
+
+
+def turntable_bytes(config: TurntableConfig, panels: tuple[Panel, ...], frames: int | None = None,
+                    resolution: int | None = None) -> float:  # fmt: skip
+    """A lower bound of the memory ``write_turntable`` needs: the frames as bytes, and the images the
+    encoders are handed (one more copy, upscaled for small renders)."""
+    frames = config.frames if frames is None else frames
+    side = float(config.resolution if resolution is None else resolution)
+    scale = _upscale_factor(int(side))
+    strip = side * side * len(panels) * 3
+    return frames * strip * (1 + scale * scale)
+
+
+def check_turntable_size(
+    config: TurntableConfig, panels: tuple[Panel, ...], names: tuple[str, str] = ("--resolution", "--frames")
+) -> None:
+    """Refuse a turntable whose frames could never fit in memory (see ``memory.check_size``), naming the
+    size that is out of range (``names``: how the resolution and the frame count were given)."""
+    from dreamfusion.memory import check_size, device_memory, largest_fitting
+
+    def at_side(side: int) -> float:
+        return turntable_bytes(config, panels, resolution=side)
+
+    if largest_fitting(at_side, device_memory("cpu")) >= 1:  # else not even one pixel fits: too many frames
+        check_size(names[0], config.resolution, at_side, "cpu")
+    check_size(names[1], config.frames, lambda frames: turntable_bytes(config, panels, frames=frames), "cpu")
 
 
 def write_turntable(
@@ -163,19 +227,27 @@ def write_turntable(
     out_dir: Path,
     panels: tuple[Panel, ...] = DEFAULT_PANELS,
     stem: str = "turntable",
+    include: tuple[TurntableFile, ...] = ("gif", "mp4", "preview"),
 ) -> TurntableOutputs:
-    """turntable.mp4 and turntable.gif (panels side by side) and preview.png (8 shaded views, 2 rows of 4)."""
-    frames = render_panels(scene, turntable_cameras(config), panels)
-    scale = max(1, 256 // config.resolution)
-    write_gif(_upscale(frames, max(1, scale // 2)), out_dir / f"{stem}.gif")
-    mp4: Path | None = out_dir / f"{stem}.mp4"
+    """turntable.mp4 and turntable.gif (panels side by side) and preview.png (8 shaded views, 2 rows of 4);
+    ``include`` picks which of them to write."""
+    written: list[Path] = []
     mp4_error = None
-    try:
-        write_mp4(_upscale(frames, scale), mp4)  # type: ignore[arg-type]
-    except RuntimeError as error:
-        mp4, mp4_error = None, str(error)
-
-    views = render_panels(scene, turntable_cameras(replace(config, frames=8)), ("lambertian",))
-    grid = np.concatenate([np.concatenate(list(views[row * 4 : row * 4 + 4]), axis=1) for row in range(2)], axis=0)
-    write_png(_upscale(grid, max(1, scale // 2)), out_dir / "preview.png")
-    return TurntableOutputs(mp4=mp4, gif=out_dir / f"{stem}.gif", preview=out_dir / "preview.png", mp4_error=mp4_error)
+    scale = _upscale_factor(config.resolution)
+    if "gif" in include or "mp4" in include:
+        frames = render_panels(scene, turntable_cameras(config), panels)
+        if "gif" in include:
+            write_gif(_upscale(frames, max(1, scale // 2)), out_dir / f"{stem}.gif")
+            written.append(out_dir / f"{stem}.gif")
+        if "mp4" in include:
+            try:
+                write_mp4(_upscale(frames, scale), out_dir / f"{stem}.mp4")
+                written.append(out_dir / f"{stem}.mp4")
+            except RuntimeError as error:
+                mp4_error = str(error)
+    if "preview" in include:
+        views = render_panels(scene, turntable_cameras(replace(config, frames=8)), ("lambertian",))
+        grid = np.concatenate([np.concatenate(list(views[row * 4 : row * 4 + 4]), axis=1) for row in range(2)], axis=0)
+        write_png(_upscale(grid, max(1, scale // 2)), out_dir / "preview.png")
+        written.append(out_dir / "preview.png")
+    return TurntableOutputs(written=written, mp4_error=mp4_error)

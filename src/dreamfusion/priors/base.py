@@ -10,9 +10,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from dreamfusion.cameras import VIEW_LABELS, ViewLabel, view_suffix
+from dreamfusion.errors import DreamfusionError
 
 
-class PriorError(ValueError):
+class PriorError(DreamfusionError, ValueError):
     """A prior cannot be built or cannot read the prompt; the message is shown to the user as it is."""
 
 

@@ -1,0 +1,16 @@
+"""The package's errors that are meant for the user.
+
+Every error whose message tells a user what is wrong with their request (a bad value, a missing file, a
+run directory in use) derives from ``DreamfusionError``; the command line prints such an error as one line
+and exits with code 2. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class DreamfusionError(Exception):
+    """A problem with what was asked for; the message is one line for the user."""
+
+
+class RunError(DreamfusionError, RuntimeError):
+    """A problem with a run directory or the request; the message is for the user."""
