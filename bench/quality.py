@@ -137,25 +137,31 @@ def main() -> None:
         return "   n/a" if value is None else f"{value:6.2f}"
 
     print(f"\n3D quality: preset={args.preset} iters={args.iters or 'preset'} device={args.device} parallel={args.parallel}")
-    print(f"{'prompt':<20}{'held':>5}{'obj':>7}{'col':>7}{'both':>7}{'view':>7}{'janus':>7}{'IoU':>7}{'IoU*':>7}{'sec':>7}")
+    names = ("object_accuracy", "colour_accuracy", "object_colour_accuracy", "view_accuracy", "janus_rate",
+             "occupancy_iou", "best_turn_iou", "mesh_occupancy_iou", "mesh_silhouette_iou", "mesh_colour_difference")
+    header = ("obj", "col", "both", "view", "janus", "IoU", "IoU*", "mIoU", "sil", "dRGB")
+    print(f"{'prompt':<20}{'held':>5}" + "".join(f"{name:>7}" for name in header) + f"{'sec':>7}")
     for row in rows:
         s = row.scores
         if s is None:
             print(f"{row.prompt:<20}{'yes' if row.held_out else '':>5}  FAILED: {row.error}")
             continue
-        print(f"{row.prompt:<20}{'yes' if row.held_out else '':>5}{fmt(s.object_accuracy)} {fmt(s.colour_accuracy)}"
-              f"{fmt(s.object_colour_accuracy)} {fmt(s.view_accuracy)}{fmt(s.janus_rate)} {fmt(s.occupancy_iou)}"
-              f" {fmt(s.best_turn_iou)}{row.seconds:7.0f}")
-    names = ("object_accuracy", "colour_accuracy", "object_colour_accuracy", "view_accuracy", "janus_rate", "occupancy_iou", "best_turn_iou",
-             "seconds")
-    medians = {name: median(rows, name) for name in names}
-    print(f"{'median':<25}" + " ".join(fmt(medians[name]) for name in names[:-1]) + f"{medians['seconds'] or 0:7.0f}")
+        print(f"{row.prompt:<20}{'yes' if row.held_out else '':>5}" + "".join(f" {fmt(getattr(s, name))}" for name in names)
+              + f"{row.seconds:7.0f}")
+    medians = {name: median(rows, name) for name in (*names, "seconds")}
+    print(f"{'median':<25}" + "".join(f" {fmt(medians[name])}" for name in names) + f"{medians['seconds'] or 0:7.0f}")
+    meshes = sum(row.scores is not None and row.scores.mesh_silhouette_iou is not None for row in rows)
+    worst = min((row.scores.mesh_silhouette_iou for row in rows if row.scores and row.scores.mesh_silhouette_iou is not None),
+                default=None)  # fmt: skip
+    print(f"meshes: {meshes} of {len(rows)} results; lowest mesh outline IoU {fmt(worst)}")
     record = {"bench": "quality", "preset": args.preset, "iters": args.iters, "device": args.device,
-              "parallel": args.parallel, "wall_seconds": wall, "medians": medians, "rows": [asdict(row) for row in rows]}
+              "parallel": args.parallel, "wall_seconds": wall, "medians": medians, "meshes": meshes,
+              "lowest_mesh_silhouette_iou": worst, "rows": [asdict(row) for row in rows]}
     (args.out / "quality.json").write_text(json.dumps(record, indent=2))
     if args.sheet is not None:
         write_sheet([args.out / prompt_slug(prompt) for prompt, _ in chosen], args.sheet)
     print("IoU*: the best IoU against the true object turned about the vertical axis (a diagnostic: a right shape facing the wrong way)")
+    print("mIoU: mesh.glb against the true object; sil: its outline IoU with the field's renders; dRGB: its colour difference")
     print(json.dumps(record))
 
 

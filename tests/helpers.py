@@ -24,6 +24,7 @@ TINY_OVERRIDES: dict[str, Any] = {
     "shading": {"albedo_warmup_steps": 10},
     "trainer": {"iters": 20, "checkpoint_every": 10, "log_every": 5},
     "turntable": {"frames": 4, "resolution": 16},
+    "mesh": {"resolution": 32, "texture_size": 64},
 }
 
 

@@ -300,6 +300,7 @@ def _fuzz_cases(run: Path, files: dict[str, Path], scratch: Path) -> list[tuple[
         ("export", r, "--out", str(scratch / "m.stl"), "--device", "cpu"), ("export", r, "--format", "stl", "--device", "cpu"),
         ("export", r, "--threshold", "nan", "--device", "cpu"), ("export", r, "--resolution", "2", "--device", "cpu"),
         ("export", r, "--decimate", "3", "--device", "cpu"), ("export", str(scratch), "--device", "cpu"),
+        ("export", r, "--texture-size", "0", "--device", "cpu"), ("export", r, "--texture-size", "100000", "--device", "cpu"),
         ("export", r, "--out", str(scratch / "no" / "such" / "m.glb"), "--resolution", "16", "--device", "cpu"),
         ("eval-3d", str(scratch)), ("view", str(scratch)),
         ("eval-clip", r, "--clip", str(scratch / "no-clip"), "--resolution", "100000", "--device", "cpu"),
@@ -448,3 +449,42 @@ def capture_run_configs(monkeypatch: pytest.MonkeyPatch) -> list:
 
     monkeypatch.setattr(dreamfusion.run, "generate", capture)
     return seen
+
+
+def test_export_writes_textured_meshes_and_eval_3d_scores_them(tmp_path: Path, finished_run: Path) -> None:
+    import json
+
+    import trimesh
+
+    from dreamfusion.export.mesh import read_mesh
+
+    generated = read_mesh(finished_run / "mesh.glb")  # what generate wrote: UV-textured
+    assert generated.textured and generated.texture.shape == (64, 64, 3)  # the run config's mesh.texture_size
+    obj = tmp_path / "chair.obj"
+    result = run_cli("export", str(finished_run), "--out", str(obj), "--resolution", "32", "--texture-size", "64", "--device", "cpu")
+    assert result.code == 0, result.output
+    assert {p.name for p in tmp_path.glob("chair.*")} == {"chair.obj", "chair.mtl", "chair.png"}
+    assert trimesh.load(obj, force="mesh").visual.kind == "texture"
+    plain = tmp_path / "plain.glb"
+    result = run_cli("export", str(finished_run), "--out", str(plain), "--resolution", "32", "--vertex-colors", "--device", "cpu")
+    assert result.code == 0 and read_mesh(plain).texture is None
+    record = json.loads(run_cli("eval-3d", str(finished_run), "--json", "--device", "cpu").stdout)
+    mesh = record["mesh"]
+    assert mesh["textured"] and 0.0 <= mesh["silhouette_iou"] <= 1.0 and 0.0 <= mesh["colour_difference"] <= 1.0
+    assert mesh["occupancy_iou"] is not None  # "a ball": the embedded vocabulary's sphere
+
+
+def test_eval_3d_of_a_prompt_outside_the_vocabulary_scores_the_mesh_only(tmp_path: Path) -> None:
+    import json
+
+    out = tmp_path / "run"
+    result = run_cli("generate", "a shiny kettle", "--prior", "analytic", "--config", str(tiny_config_file(tmp_path)),
+                     "--iters", "2", "--out", str(out), "--device", "cpu")  # fmt: skip
+    assert result.code == 0, result.output
+    summary = run_cli("eval-3d", str(out), "--device", "cpu")
+    assert summary.code == 0 and "outline IoU" in summary.output and "against the true object" not in summary.output
+    record = json.loads(run_cli("eval-3d", str(out), "--json", "--device", "cpu").stdout)
+    assert record["occupancy_iou"] is None and 0 <= record["silhouette_iou"] <= 1
+    (out / "mesh.glb").unlink()
+    missing = run_cli("eval-3d", str(out), "--device", "cpu")
+    assert missing.code == 2 and "only its mesh can be scored" in missing.output

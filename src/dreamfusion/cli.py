@@ -431,13 +431,15 @@ def sample_prior(
 @app.command("eval-3d")
 @user_errors
 def eval_3d(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory made with the embedded prior.")],
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (the embedded prior's for the probe and true shape).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a summary.")] = False,
     probe: Annotated[str | None, typer.Option(help="Probe weights (default: the shipped probe).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Measure a result against the true shape of its prompt: probe accuracy of object, colour and view from 32
-    views (16 azimuths at 15 and 45 degrees), the Janus rate (back views seen as front), and occupancy IoU."""
+    views (16 azimuths at 15 and 45 degrees), the Janus rate (back views seen as front), and occupancy IoU; and
+    its mesh.glb against the field's renders (outlines, colours) and the true shape. For a prompt outside the
+    embedded vocabulary (another prior's run), the mesh against the field only."""
     from dreamfusion.evaluate import evaluate_run
 
     result = evaluate_run(run_dir, device, probe)
@@ -455,23 +457,35 @@ def export_mesh(
     format: Annotated[
         str | None, typer.Option("--format", help="glb, obj or ply (default: --out's suffix, else glb; GLB and OBJ are y-up).")
     ] = None,
-    resolution: Annotated[int, typer.Option(help="Marching-cubes grid samples per side.")] = 256,
-    threshold: Annotated[float | None, typer.Option(help="Surface density (default: the density at which one render sample is half opaque).")] = None,
-    decimate: Annotated[int | None, typer.Option(help="Simplify to about this many faces (needs fast-simplification).")] = None,
+    resolution: Annotated[int, typer.Option(help="Grid samples per side where the surface is sought.")] = 256,
+    threshold: Annotated[
+        float | None, typer.Option(help="Surface density (default: the level whose outlines match the renders).")
+    ] = None,
+    decimate: Annotated[
+        int | None, typer.Option(help="Simplify to about this many faces (default: 20000 when textured, else all).")
+    ] = None,
     keep_largest: Annotated[bool, typer.Option("--keep-largest", help="Keep only the largest connected piece.")] = False,
+    texture_size: Annotated[int, typer.Option(help="Side of the baked albedo texture in texels.")] = 1024,
+    vertex_colors: Annotated[
+        bool, typer.Option("--vertex-colors", help="Colours per vertex instead of a UV texture (PLY always).")
+    ] = False,
     out: Annotated[Path | None, typer.Option(help="Output file, .glb, .obj or .ply (default: RUN_DIR/mesh.FORMAT).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
-    """Extract a coloured triangle mesh (marching cubes on the density) and write it as GLB, OBJ or PLY."""
+    """Extract the surface the renders show as a closed triangle mesh with its albedo, UV-textured (GLB: PBR
+    material; OBJ: .mtl and .png beside it) or with vertex colours, and write it as GLB, OBJ or PLY."""
     from dreamfusion.export.mesh import MeshExportConfig, export_run
     from dreamfusion.typed_config import ConfigError
 
     try:
-        config = MeshExportConfig(resolution=resolution, threshold=threshold, decimate_faces=decimate, keep_largest=keep_largest)
+        config = MeshExportConfig(
+            resolution=resolution, threshold=threshold, decimate_faces=decimate, keep_largest=keep_largest,
+            texture_size=texture_size, vertex_colors=vertex_colors,
+        )  # fmt: skip
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    path = export_run(run_dir, format, device=device, out=out, config=config)  # type: ignore[arg-type]
-    console.print(f"wrote {path}")
+    paths = export_run(run_dir, format, device=device, out=out, config=config)  # type: ignore[arg-type]
+    console.print(f"wrote {', '.join(str(path) for path in paths)}")
 
 
 @app.command()

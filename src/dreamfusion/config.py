@@ -9,6 +9,7 @@ from typing import Any, Literal
 import yaml
 
 from dreamfusion.cameras import CameraConfig, TurntableConfig
+from dreamfusion.export.mesh import MeshExportConfig
 from dreamfusion.field import FieldConfig, HashGridConfig
 from dreamfusion.priors import PriorConfig
 from dreamfusion.renderer import RendererConfig
@@ -37,6 +38,8 @@ class RunConfig:
     guidance: GuidanceConfig = GuidanceConfig()
     trainer: TrainerConfig = TrainerConfig()
     turntable: TurntableConfig = TurntableConfig()
+    mesh: MeshExportConfig = MeshExportConfig(resolution=128)
+    """The mesh.glb a run writes (``dreamfusion export`` makes others, at grid 256 by default)."""
 
     def __post_init__(self) -> None:
         check_seed(self.seed)
@@ -107,6 +110,12 @@ def read_config_file(path: Path) -> dict[str, Any]:
 def load_config(path: Path) -> RunConfig:
     """Read a complete config.yaml as written by ``dump_config``."""
     return from_dict(RunConfig, read_config_file(path))
+
+
+def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A config dict as saved in a checkpoint, completed with the defaults of keys added since it was written
+    (so runs made before a new setting existed still match their config.yaml); unknown keys fail."""
+    return to_dict(from_dict(RunConfig, saved))
 
 
 def dump_config(config: RunConfig) -> str:

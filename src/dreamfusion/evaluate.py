@@ -227,6 +227,33 @@ class HeadlineScores:
     janus_rate: float | None
     occupancy_iou: float
     best_turn_iou: float
+    mesh_occupancy_iou: float | None = None
+    """IoU of the exported mesh against the true object (None: no mesh)."""
+    mesh_silhouette_iou: float | None = None
+    mesh_colour_difference: float | None = None
+
+
+@dataclass(frozen=True)
+class MeshScores:
+    """How faithful the run's mesh.glb is (see export.fidelity): to the field, and to the true object."""
+
+    faces: int
+    textured: bool
+    silhouette_iou: float
+    """Mean IoU of the mesh's outlines with the field's rendered ones, over 8 views."""
+    colour_difference: float
+    """Mean absolute RGB difference between the mesh's colours and the field's albedo where both are seen."""
+    occupancy_iou: float | None
+    """Against the true object on the evaluation grid (None outside the embedded vocabulary)."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    def summary(self) -> str:
+        against_truth = "" if self.occupancy_iou is None else f", occupancy IoU {self.occupancy_iou:.3f} against the true object"
+        return (f"  mesh.glb ({self.faces} faces, {'UV-textured' if self.textured else 'vertex colours'}): outline IoU "
+                f"{self.silhouette_iou:.3f} and colour difference {self.colour_difference:.3f} against the field's renders"
+                + against_truth)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -249,14 +276,20 @@ class Eval3DResult:
     true_voxels: int
     views: tuple[ViewRecord, ...]
     config: Eval3DConfig
+    mesh: MeshScores | None = None
+    mesh_note: str | None = None
+    """Why there are no mesh scores (e.g. the run has no mesh.glb)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
     def headline(self) -> HeadlineScores:
         p = self.probe
+        m = self.mesh
         return HeadlineScores(p.object_accuracy, p.colour_accuracy, p.object_colour_accuracy, p.view_accuracy,
-                              p.janus_rate, self.occupancy_iou, self.best_turn_iou)
+                              p.janus_rate, self.occupancy_iou, self.best_turn_iou,
+                              None if m is None else m.occupancy_iou, None if m is None else m.silhouette_iou,
+                              None if m is None else m.colour_difference)  # fmt: skip
 
     def summary(self) -> str:
         """A few human-readable lines."""
@@ -274,6 +307,7 @@ class Eval3DResult:
             + (" hidden from all axis directions)" if self.density_threshold is None else f" density > {self.density_threshold:.1f})"),
             f"  best IoU against the object turned about the vertical axis: {self.best_turn_iou:.3f}"
             f" at {self.best_turn_degrees:.1f} degrees",
+            self.mesh.summary() if self.mesh is not None else f"  {self.mesh_note or 'no mesh scores'}",
         ]
         return "\n".join(lines)
 
@@ -356,20 +390,69 @@ def evaluate_3d(
     )  # fmt: skip
 
 
+def evaluate_mesh(scene: Scene, mesh, kind: str | None, config: Eval3DConfig = Eval3DConfig()) -> MeshScores:
+    """``MeshScores`` of ``mesh`` (an export.mesh.Mesh) against the scene's field and, for a ``kind`` of the
+    embedded vocabulary, the true object."""
+    from dreamfusion.export.fidelity import mesh_fidelity, mesh_occupancy
+
+    fidelity = mesh_fidelity(scene, mesh)
+    occupancy = None
+    if kind is not None:
+        truth = occupancy_grid(kind, config.grid_resolution, config.grid_bound)
+        occupancy = occupancy_iou(mesh_occupancy(mesh, config.grid_resolution, config.grid_bound), truth)
+    return MeshScores(mesh.num_faces, mesh.textured, fidelity.silhouette_iou, fidelity.colour_difference, occupancy)
+
+
+def run_mesh(run_dir: Path):
+    """The run's mesh.glb, read back (as a user's tool reads it), or (None, why not)."""
+    from dreamfusion.export.mesh import MeshExportError, read_mesh
+
+    path = run_dir / "mesh.glb"
+    if not path.is_file():
+        return None, "no mesh.glb in the run (no mesh scores): see run.log, or run dreamfusion export"
+    try:
+        return read_mesh(path), None
+    except MeshExportError as error:
+        return None, str(error)
+
+
+def has_true_object(prompt: str) -> bool:
+    """Whether the prompt reads as an object of the embedded vocabulary (so the true shape is known)."""
+    from dreamfusion.priors.base import PriorError
+
+    try:
+        parse_subject(prompt)
+    except PriorError:
+        return False
+    return True
+
+
 def evaluate_run(
     run_dir: str | Path, device_name: str = "auto", probe_path: str | Path | None = None,
     config: Eval3DConfig = Eval3DConfig(),
-) -> Eval3DResult:
-    """``evaluate_3d`` of a run directory's trained field for its own prompt (the shipped probe by default)."""
-    from dreamfusion.run import load_scene  # the run module pulls in the trainer; only needed here
+) -> Eval3DResult | MeshScores:
+    """``evaluate_3d`` of a run directory's trained field for its own prompt (the shipped probe by default),
+    with the scores of its mesh.glb. A prompt outside the embedded vocabulary (a run of another prior) has no
+    probe or true object: its result is the mesh scores alone."""
+    from dataclasses import replace
+
+    from dreamfusion.run import RunError, load_scene  # the run module pulls in the trainer; only needed here
 
     run_config, scene = load_scene(Path(run_dir), device_name)
+    mesh, note = run_mesh(Path(run_dir))
+    if not has_true_object(run_config.prompt):
+        if mesh is None:
+            raise RunError(f"{run_config.prompt!r} is outside the embedded vocabulary, so only its mesh can be scored; {note}")
+        return evaluate_mesh(scene, mesh, None, config)
     probe = load_probe(probe_path, next(scene.field.parameters()).device)
-    return evaluate_3d(scene, run_config.prompt, probe, config=config)
+    result = evaluate_3d(scene, run_config.prompt, probe, config=config)
+    if mesh is None:
+        return replace(result, mesh_note=note)
+    return replace(result, mesh=evaluate_mesh(scene, mesh, result.kind, config))
 
 
 __all__ = [
-    "Eval3DConfig", "Eval3DResult", "HeadlineScores", "ProbeEvaluation", "ViewRecord", "best_turn", "hidden_voxels",
-    "evaluate_3d", "evaluate_run", "evaluation_cameras", "field_occupancy", "janus_rate", "occupancy_iou",
+    "Eval3DConfig", "Eval3DResult", "HeadlineScores", "MeshScores", "ProbeEvaluation", "ViewRecord", "best_turn", "hidden_voxels",
+    "evaluate_3d", "evaluate_mesh", "evaluate_run", "has_true_object", "evaluation_cameras", "field_occupancy", "janus_rate", "occupancy_iou",
     "parse_subject", "render_scene_views",
 ]  # fmt: skip

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from dreamfusion.config import RunConfig, dump_config, load_config
+from dreamfusion.config import RunConfig, dump_config, load_config, with_defaults
 from dreamfusion.distributed import (
     DistributedContext, barrier, broadcast_from_main, cleanup, group_exists, init_distributed,
 )  # fmt: skip
@@ -339,8 +339,6 @@ def _ranks(context: DistributedContext) -> str:
     return f", {context.world_size} ranks (data parallel)" if context.distributed else ""
 
 
-GENERATE_MESH_RESOLUTION = 128
-"""Grid of the mesh.glb that generate writes; `dreamfusion export` makes finer ones (256 by default)."""
 TURNTABLE_FILES = {"turntable.gif": "gif", "turntable.mp4": "mp4", "preview.png": "preview"}
 """The files ``write_turntable`` makes, and its name for each."""
 
@@ -358,7 +356,7 @@ def write_outputs(trainer: Trainer, run_dir: Path, only: set[str] | None = None)
     """The turntable, preview and mesh.glb of a trained run (``only``: just these files). A field with no
     surface (too few steps, or emptied) gets no mesh.glb, and run.log says why: never an empty file.
     Returns the names written and notes on what was skipped."""
-    from dreamfusion.export.mesh import MeshExportConfig, MeshExportError, extract_mesh, write_mesh
+    from dreamfusion.export.mesh import MeshExportError, extract_mesh, write_mesh
 
     config = trainer.config
     wanted = set(only) if only is not None else {*TURNTABLE_FILES, "mesh.glb"}
@@ -373,12 +371,12 @@ def write_outputs(trainer: Trainer, run_dir: Path, only: set[str] | None = None)
             notes.append(f"turntable.mp4 skipped: {outputs.mp4_error}")
         log_line(run_dir, f"wrote {', '.join(path.name for path in outputs.written)}")
     if "mesh.glb" in wanted:
-        mesh_config = MeshExportConfig(resolution=GENERATE_MESH_RESOLUTION, auto_samples=config.renderer.num_samples)
         try:
-            mesh = extract_mesh(scene.field, mesh_config)
+            mesh = extract_mesh(scene.field, config.mesh)
             write_mesh(mesh, run_dir / "mesh.glb")
             written.append("mesh.glb")
-            log_line(run_dir, f"wrote mesh.glb: {mesh.num_faces} faces at density {mesh.threshold:.1f}")
+            texture = f", a {mesh.texture.shape[0]}^2 texture" if mesh.texture is not None else ""
+            log_line(run_dir, f"wrote mesh.glb: {mesh.num_faces} faces{texture}, surface at density {mesh.threshold:.3g}")
         except MeshExportError as error:
             notes.append(f"mesh.glb skipped: {error}")
     for note in notes:
@@ -399,8 +397,11 @@ def load_scene(run_dir: Path, device_name: str = "auto") -> tuple[RunConfig, Sce
         raise RunError(f"cannot read {run_dir / 'config.yaml'}: {error}") from None
     device = resolve_device(device_name)
     state = read_checkpoint(run_dir / "checkpoint.pt")
-    saved = state.get("config")
-    changed = differing_keys(saved, to_dict(config), ignore=RESUMABLE_CHANGES) if isinstance(saved, dict) else ["all"]
+    try:
+        saved = with_defaults(state.get("config"))
+    except ConfigError:
+        saved = None
+    changed = differing_keys(saved, to_dict(config), ignore=RESUMABLE_CHANGES) if saved is not None else ["all"]
     if changed:
         raise RunError(
             f"{run_dir / 'checkpoint.pt'} was not written by the run of {run_dir / 'config.yaml'} "

@@ -445,11 +445,16 @@ class Trainer:
 
     def load_checkpoint(self, path: Path) -> None:
         """Restore a checkpoint written by ``save_checkpoint`` for the same run config."""
-        from dreamfusion.typed_config import differing_keys, to_dict
+        from dreamfusion.config import with_defaults
+        from dreamfusion.typed_config import ConfigError, differing_keys, to_dict
 
         state = read_checkpoint(path)
         # Only the number of iterations may change on resume (to extend a run).
-        changed = differing_keys(state.get("config") or {}, to_dict(self.config), ignore=("trainer.iters",))
+        try:
+            saved = with_defaults(state.get("config") or {})
+        except ConfigError as error:
+            raise TrainingError(f"{path} was written by a run with another config ({error})") from None
+        changed = differing_keys(saved, to_dict(self.config), ignore=("trainer.iters",))
         if changed:
             raise TrainingError(
                 f"{path} was written by a run with another config (it differs in {', '.join(changed[:4])}); "

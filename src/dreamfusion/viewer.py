@@ -104,12 +104,14 @@ def _mesh_bytes(run_dir: Path, device: str, resolution: int) -> tuple[bytes | No
         return existing.read_bytes(), None
     if not (run_dir / "checkpoint.pt").is_file():
         return None, "no checkpoint.pt: nothing to show in 3D"
-    from dreamfusion.export.mesh import MeshExportError, export_run
+    from dreamfusion.export.mesh import MeshExportConfig, MeshExportError, export_run
     from dreamfusion.run import RunError
 
     with tempfile.TemporaryDirectory(prefix="dreamfusion-view-") as tmp:
         try:
-            path = export_run(run_dir, "glb", resolution=resolution, device=device, out=Path(tmp) / "mesh.glb")
+            (path,) = export_run(
+                run_dir, "glb", device=device, out=Path(tmp) / "mesh.glb", config=MeshExportConfig(resolution=resolution)
+            )
         except (MeshExportError, RunError) as error:
             return None, f"no mesh: {error}"
         return path.read_bytes(), f"mesh exported at resolution {resolution} (not saved; see `dreamfusion export`)"
