@@ -2,7 +2,7 @@
 (varied colours, 3 of them held-out colour x object pairs the prior never saw), with medians.
 
     python bench/quality.py OUT_DIR [--device cuda] [--preset default] [--iters N] [--config YAML] [--parallel K]
-                            [--prompts N] [--sheet PNG]
+                            [--prompts N] [--start I] [--sheet PNG]
 
 Each run lands in OUT_DIR/<slug>/; the table is printed and OUT_DIR/quality.json holds every figure.
 ``--sheet`` also writes one image with a row per prompt (first turntable frame, then the 8-view preview).
@@ -112,12 +112,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--config", type=Path, default=None, help="YAML of config overrides for every run")
     parser.add_argument("--parallel", type=int, default=1)
-    parser.add_argument("--prompts", type=int, default=len(PROMPTS), help="run only the first N prompts")
+    parser.add_argument("--prompts", type=int, default=len(PROMPTS), help="run only N prompts")
+    parser.add_argument("--start", type=int, default=0, help="the first prompt to run (0-based), e.g. to split the bench")
     parser.add_argument("--sheet", type=Path, default=None, help="write a contact sheet of every run here (PNG)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    chosen = PROMPTS[: args.prompts]
+    chosen = PROMPTS[args.start : args.start + args.prompts]
     started = time.perf_counter()
     partial = args.out / "rows.jsonl"  # each row as it finishes, so a run cut short still leaves its figures
     partial.write_text("")
