@@ -127,14 +127,29 @@ def _remote_requests(events: list[dict], port: int) -> list[str]:
     return [url for url in urls if not url.startswith(local)]
 
 
+def _centre_is_green(png: bytes) -> bool:
+    image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    h, w = image.shape[0] // 2, image.shape[1] // 2
+    red, green, blue = image[h - 10 : h + 10, w - 10 : w + 10].reshape(-1, 3).mean(axis=0)
+    return green > red + 40 and green > blue + 40
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install -y chromium)")
 def test_viewer_page_renders_the_run_in_headless_chromium(run_dir: Path, tmp_path: Path) -> None:
     pytest.importorskip("viser", reason="the viewer needs viser")
     pytest.importorskip("websockets", reason="the DevTools client needs websockets")
+    from dreamfusion.export.mesh import read_mesh, write_mesh
     from dreamfusion.viewer import serve
 
+    # The run's mesh.glb with its texture painted green: the viewer must show the texture, not a plain mesh.
+    shown = tmp_path / "run"
+    shutil.copytree(run_dir, shown)
+    mesh = read_mesh(shown / "mesh.glb")
+    assert mesh.textured
+    mesh.texture = np.full_like(mesh.texture, (20, 200, 40))
+    write_mesh(mesh, shown / "mesh.glb")
     port = _free_port()
-    server = serve(run_dir, port=port, block=False, device="cpu", mesh_resolution=48)
+    server = serve(shown, port=port, block=False, device="cpu", mesh_resolution=48)
     profile = tmp_path / "profile"
     browser = subprocess.Popen(
         [
@@ -164,8 +179,13 @@ def test_viewer_page_renders_the_run_in_headless_chromium(run_dir: Path, tmp_pat
         devtools.call("Page.navigate", url=url)
         assert devtools.wait_for("Page.loadEventFired", timeout=20), "the page did not finish loading"
         devtools.pump(SETTLE_S)
-        shot = devtools.call("Page.captureScreenshot", format="png")
-        png = base64.b64decode(shot["data"])
+        # A loaded machine draws the scene late: look again until the mesh shows (or give up after 30 s).
+        deadline = time.monotonic() + 30
+        while True:
+            png = base64.b64decode(devtools.call("Page.captureScreenshot", format="png")["data"])
+            if _centre_is_green(png) or time.monotonic() > deadline:
+                break
+            devtools.pump(1.0)
         ARTIFACTS.mkdir(exist_ok=True)
         (ARTIFACTS / "viewer.png").write_bytes(png)
 
@@ -183,6 +203,8 @@ def test_viewer_page_renders_the_run_in_headless_chromium(run_dir: Path, tmp_pat
         h, w = image.shape[0] // 2, image.shape[1] // 2
         centre = image[h - 10 : h + 10, w - 10 : w + 10].reshape(-1, 3).astype(int)
         assert (np.abs(centre - background).sum(-1) > 30).mean() > 0.9, "no mesh at the centre of the view"
+        red, green, blue = centre.mean(axis=0)
+        assert green > red + 40 and green > blue + 40, f"the mesh is not drawn with its (green) texture: {centre.mean(axis=0)}"
     finally:
         if devtools is not None:
             devtools.close()
