@@ -15,7 +15,7 @@ import dreamfusion.run
 from helpers import tiny_config
 from dreamfusion.priors.analytic import AnalyticPrior, AnalyticPriorConfig
 from dreamfusion.run import RunError, expected_outputs, generate, load_scene
-from dreamfusion.trainer import TrainingError
+from dreamfusion.errors import TrainingError
 from helpers import run_cli, snapshot, tiny_config_file
 
 

@@ -8,7 +8,8 @@ from helpers import tiny_config
 from dreamfusion.cameras import TurntableConfig, turntable_cameras
 from dreamfusion.priors.analytic import AnalyticPrior, AnalyticPriorConfig, disc_image
 from dreamfusion.renderer import render
-from dreamfusion.trainer import CompiledField, Trainer, TrainingError, read_checkpoint
+from dreamfusion.errors import TrainingError
+from dreamfusion.trainer import CompiledField, Trainer, read_checkpoint
 
 
 def _prior() -> AnalyticPrior:

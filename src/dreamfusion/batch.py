@@ -24,13 +24,12 @@ import torch
 
 from dreamfusion.config import RunConfig
 from dreamfusion.distributed import (
-    DistributedContext, broadcast_from_main, cleanup, gather_to_main, group_exists, init_distributed,
+    DistributedContext, broadcast_from_main, cleanup, gather_to_main, group_exists, init_distributed, resolve_device,
 )  # fmt: skip
 from dreamfusion.errors import DreamfusionError
 from dreamfusion.files import write_text_atomic
 from dreamfusion.run import RunError, generate, prompt_slug, validate_prompt
 from dreamfusion.runlock import lock_run
-from dreamfusion.trainer import resolve_device
 
 
 

@@ -339,7 +339,7 @@ def train_prior(
     from dreamfusion.embedded.train import TrainPriorConfig, train_prior as run_training, write_sample_sheet
     from dreamfusion.run import RunError
     from dreamfusion.runlock import lock_run
-    from dreamfusion.trainer import resolve_device
+    from dreamfusion.distributed import resolve_device
     from dreamfusion.typed_config import ConfigError
 
     if not 0 < minutes < math.inf or (steps is not None and steps <= 0) or (batch_size is not None and batch_size <= 0):
@@ -397,7 +397,7 @@ def sample_prior(
     from dreamfusion.priors.base import split_view
     from dreamfusion.priors.sampling import ddim_sample
     from dreamfusion.run import RunError, validate_prompt
-    from dreamfusion.trainer import resolve_device
+    from dreamfusion.distributed import resolve_device
     from dreamfusion.typed_config import ConfigError
 
     prompt = validate_prompt(prompt)

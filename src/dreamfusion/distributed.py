@@ -29,6 +29,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from dreamfusion.errors import DeviceError
+
 RANK_SEED_STRIDE = 1000
 """Rank r > 0 seeds its generators from ``seed + RANK_SEED_STRIDE * r`` (see ``rank_seed``)."""
 
@@ -60,6 +62,15 @@ class DistributedContext:
         return cls(device=device)
 
 
+def resolve_device(name: str) -> torch.device:
+    """"auto" (CUDA when present), "cpu" or "cuda"; DeviceError for CUDA on a machine without it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("--device cuda was asked for, but no CUDA device is available; use --device cpu")
+    return torch.device(name)
+
+
 def rank_seed(seed: int, rank: int) -> int:
     """The seed of rank ``rank``'s random streams: rank 0 keeps ``seed`` (so it draws exactly what a
     one-process run draws), rank r > 0 uses ``seed + 1000 r``. RandomState seeds its host and device
@@ -84,19 +95,17 @@ def init_distributed(device_name: str = "auto") -> DistributedContext:
     With CUDA each rank takes ``cuda:LOCAL_RANK`` and the NCCL backend; on CPU, gloo. A process group that
     already exists is reused (and then not this call's to destroy).
     """
-    from dreamfusion.trainer import TrainingError, resolve_device
-
     device = resolve_device(device_name)
     world_size = _env_int("WORLD_SIZE", 1)
     if world_size <= 1:
         return DistributedContext.single(device)
     rank, local_rank = _env_int("RANK", -1), _env_int("LOCAL_RANK", 0)
     if not 0 <= rank < world_size:
-        raise TrainingError(f"WORLD_SIZE is {world_size} but RANK is not set to a rank of it; start with torchrun")
+        raise DeviceError(f"WORLD_SIZE is {world_size} but RANK is not set to a rank of it; start with torchrun")
     if device.type == "cuda":
         count = torch.cuda.device_count()
         if local_rank >= count:
-            raise TrainingError(
+            raise DeviceError(
                 f"process {local_rank} of this node has no GPU: only {count} are visible; start at most {count} per node"
             )
         device = torch.device("cuda", local_rank)
@@ -205,6 +214,6 @@ def launch_torchrun(argv: list[str], nproc: int) -> int:
 
 __all__ = [
     "DistributedContext", "RANK_SEED_STRIDE", "all_reduce_mean", "barrier", "broadcast_from_main", "cleanup",
-    "gather_to_main", "group_exists", "init_distributed", "is_main_process", "launch_torchrun", "rank_seed",
+    "gather_to_main", "group_exists", "init_distributed", "is_main_process", "launch_torchrun", "rank_seed", "resolve_device",
     "strip_option", "torchrun_command",
 ]  # fmt: skip

@@ -14,3 +14,11 @@ class DreamfusionError(Exception):
 
 class RunError(DreamfusionError, RuntimeError):
     """A problem with a run directory or the request; the message is for the user."""
+
+
+class TrainingError(DreamfusionError, RuntimeError):
+    """The run cannot go on (diverged, or a checkpoint does not fit); the message is for the user."""
+
+
+class DeviceError(DreamfusionError, RuntimeError):
+    """The device or process layout asked for is not there (no CUDA, a rank without a GPU)."""

@@ -31,18 +31,16 @@ import torch
 
 from dreamfusion.config import RunConfig, dump_config, load_config, with_defaults
 from dreamfusion.distributed import (
-    DistributedContext, barrier, broadcast_from_main, cleanup, group_exists, init_distributed,
+    DistributedContext, barrier, broadcast_from_main, cleanup, group_exists, init_distributed, resolve_device,
 )  # fmt: skip
-from dreamfusion.errors import RunError
+from dreamfusion.errors import RunError, TrainingError
 from dreamfusion.export.video import DEFAULT_PANELS, Scene, check_turntable_size, mp4_available, write_turntable
 from dreamfusion.field import NeRFField
 from dreamfusion.files import TEMPORARY_GLOB, append_line, end_with_newline, read_jsonl, write_text_atomic
 from dreamfusion.priors import build_prior
 from dreamfusion.runlock import LOCK_NAME, RunLock, describe_holder, is_locked, lock_run
 from dreamfusion.shading import Background
-from dreamfusion.trainer import (
-    StepMetrics, Trainer, TrainingError, TrainResult, check_training_fits, read_checkpoint, resolve_device,
-)  # fmt: skip
+from dreamfusion.trainer import StepMetrics, Trainer, TrainResult, check_training_fits, read_checkpoint
 from dreamfusion.typed_config import ConfigError, differing_keys, merge, to_dict
 
 RUN_FILES = (

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from dreamfusion.cameras import CameraBatch, sample_cameras
 from dreamfusion.distributed import DistributedContext, all_reduce_mean, gather_to_main, rank_seed
-from dreamfusion.errors import DreamfusionError
+from dreamfusion.errors import TrainingError
 from dreamfusion.field import FieldOutput, NeRFField
 from dreamfusion.files import append_line, write_atomic
 from dreamfusion.priors.base import DiffusionPrior, PromptEmbeddings
@@ -32,10 +32,6 @@ if TYPE_CHECKING:
     from dreamfusion.config import RunConfig
 
 CHECKPOINT_VERSION = 1
-
-
-class TrainingError(DreamfusionError, RuntimeError):
-    """The run cannot go on (diverged, or a checkpoint does not fit); the message is for the user."""
 
 
 @dataclass(frozen=True)
@@ -127,14 +123,6 @@ class RandomState:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.host.set_state(state["host"])
         self.device.set_state(state["device"])
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("--device cuda was asked for, but no CUDA device is available; use --device cpu")
-    return torch.device(name)
 
 
 BYTES_PER_SAMPLE = 64
@@ -445,13 +433,13 @@ class Trainer:
 
     def load_checkpoint(self, path: Path) -> None:
         """Restore a checkpoint written by ``save_checkpoint`` for the same run config."""
-        from dreamfusion.config import with_defaults
-        from dreamfusion.typed_config import ConfigError, differing_keys, to_dict
+        from dreamfusion.typed_config import ConfigError, differing_keys, from_dict, to_dict
 
         state = read_checkpoint(path)
-        # Only the number of iterations may change on resume (to extend a run).
+        # Only the number of iterations may change on resume (to extend a run). The saved config is read as
+        # this run's config class, so settings added since it was written take their defaults.
         try:
-            saved = with_defaults(state.get("config") or {})
+            saved = to_dict(from_dict(type(self.config), state.get("config") or {}))
         except ConfigError as error:
             raise TrainingError(f"{path} was written by a run with another config ({error})") from None
         changed = differing_keys(saved, to_dict(self.config), ignore=("trainer.iters",))
