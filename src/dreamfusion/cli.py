@@ -119,7 +119,9 @@ def generate(
     flags = _run_overrides(prior, model, seed, device, iters, compile)
     if guidance_scale is not None:
         flags["guidance"] = {"guidance_scale": guidance_scale}
-    run_config = build_config(preset, config, {"prompt": prompt, **flags})
+    # What the user asked for explicitly: the config file's keys under the flags typed (a resumed run checks it).
+    requested = _nested_merge(read_config_file(config) if config is not None else {}, flags)
+    run_config = build_config(preset, overrides={**requested, "prompt": prompt})
     check_prompt(run_config.prior, prompt)
     run_dir = out if out is not None else Path("outputs") / prompt_slug(prompt)
     if _relaunch_under_torchrun(gpus, lambda: check_run_dir(run_dir, resume, overwrite)):
@@ -127,7 +129,6 @@ def generate(
 
     if run_config.trainer.compile_field:
         console.print("compiling with torch.compile: the first steps wait for it (minutes the first time, then cached)")
-    requested = _nested_merge(read_config_file(config) if config is not None else {}, flags)
     progress = _progress()
     task = progress.add_task("optimizing", total=run_config.trainer.iters, speed=0.0, loss=float("nan"))
 

@@ -14,7 +14,7 @@ from export_fields import BLUE, RED, BallsField, SoftBall  # noqa: E402
 from dreamfusion.cameras import TurntableConfig, turntable_cameras  # noqa: E402
 from dreamfusion.export.fidelity import FIDELITY_CAMERAS, mesh_fidelity, mesh_occupancy, render_mesh  # noqa: E402
 from dreamfusion.export.mesh import MeshExportConfig, extract_mesh  # noqa: E402
-from dreamfusion.export.surface import grid_points  # noqa: E402
+from dreamfusion.procedural.objects import grid_points  # noqa: E402
 from dreamfusion.export.video import Scene  # noqa: E402
 from dreamfusion.renderer import RendererConfig  # noqa: E402
 from dreamfusion.shading import ShadingConfig  # noqa: E402

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from dreamfusion.export.surface import (
-    COARSE_STEP, fine_resolution, fit_level, grid_points, near_surface, ray_profiles, sample_coarse, sample_near_surface,
-    solidify,
+    COARSE_STEP, fine_resolution, fit_level, near_surface, ray_profiles, sample_coarse, sample_near_surface, solidify,
 )  # fmt: skip
+from dreamfusion.procedural.objects import grid_points
 from export_fields import BallsField, SoftBall
 
 

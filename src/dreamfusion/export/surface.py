@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from dreamfusion.procedural.objects import grid_points
+
 COARSE_STEP = 3
 """Fine grid points per coarse grid point along each axis."""
 BAND_RATIO = 16.0
@@ -69,11 +71,6 @@ class LevelFit:
     level: float
     outline_iou: float
     """Mean agreement (IoU) of the level set's outlines with the field's rendered outlines over the views."""
-
-
-def grid_points(resolution: int, bound: float, device: torch.device) -> Float[Tensor, "R R R 3"]:
-    axis = torch.linspace(-bound, bound, resolution, device=device)
-    return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)
 
 
 @torch.no_grad()
