@@ -119,9 +119,10 @@ def generate(
     flags = _run_overrides(prior, model, seed, device, iters, compile)
     if guidance_scale is not None:
         flags["guidance"] = {"guidance_scale": guidance_scale}
-    # What the user asked for explicitly: the config file's keys under the flags typed (a resumed run checks it).
+    # The file is checked on its own first: a bad value in it is an error even where a flag overrides it.
+    run_config = build_config(preset, config, {"prompt": prompt, **flags})
+    # What the user asked for explicitly, the file's keys under the typed flags: a resumed run must agree with it.
     requested = _nested_merge(read_config_file(config) if config is not None else {}, flags)
-    run_config = build_config(preset, overrides={**requested, "prompt": prompt})
     check_prompt(run_config.prior, prompt)
     run_dir = out if out is not None else Path("outputs") / prompt_slug(prompt)
     if _relaunch_under_torchrun(gpus, lambda: check_run_dir(run_dir, resume, overwrite)):
