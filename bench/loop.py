@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from profiling import write_profile  # bench/profiling.py, beside this script
 
 from dreamfusion.cameras import sample_cameras
 from dreamfusion.config import build_config
@@ -23,7 +24,6 @@ from dreamfusion.priors import build_prior
 from dreamfusion.renderer import render
 from dreamfusion.sds import score_distillation
 from dreamfusion.trainer import Trainer
-from profiling import write_profile  # bench/profiling.py, beside this script
 
 
 def measure(fn: Callable[[], object], steps: int, device: torch.device) -> dict[str, float]:
@@ -84,8 +84,8 @@ def main() -> None:
         out.rgb.sum().backward()
 
     latents = prior.encode_images(torch.rand(args.batch_size, 3, prior.resolution, prior.resolution, device=device))
-    cond, uncond = trainer.embeddings.for_views(cameras.view_labels)
-    scale = trainer.guidance_scale
+    cond, uncond = trainer.guidance.embeddings.for_views(cameras.view_labels)
+    scale = trainer.guidance.scale
 
     def prior_only() -> None:
         with trainer._autocast():

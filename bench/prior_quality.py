@@ -49,7 +49,7 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     probe = load_probe(args.probe, device)
-    prior = EmbeddedPrior(EmbeddedPriorConfig(weights=args.prior), device)
+    prior = EmbeddedPrior(EmbeddedPriorConfig(model=args.prior), device)
 
     seen, held = list(allowed_pairs("exclude")), list(allowed_pairs("only"))
     if args.pairs is not None:

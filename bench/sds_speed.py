@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from profiling import write_profile  # bench/profiling.py, beside this script
 
 from dreamfusion.config import build_config
 from dreamfusion.priors.stable_diffusion import StableDiffusionPrior, StableDiffusionPriorConfig
 from dreamfusion.trainer import Trainer
-from profiling import write_profile  # bench/profiling.py, beside this script
 
 # Published architecture configs (diffusers layout) of the models the bench imitates.
 SD21_BASE_UNET = dict(
@@ -168,7 +168,7 @@ def measure(label: str, prior: StableDiffusionPrior, run_overrides: dict[str, An
 
     with torch.no_grad():
         latents = prior.encode_images(rgb)
-    context = torch.cat(trainer.embeddings.for_views(("front",)))
+    context = torch.cat(trainer.guidance.embeddings.for_views(("front",)))
     timesteps = torch.full((2,), 500, device=device, dtype=torch.long)
 
     def unet_forward() -> None:

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import TINY_OVERRIDES, run_cli, snapshot, tiny_config_file
 from typer.testing import CliRunner
 
 from dreamfusion.cli import app
-from helpers import TINY_OVERRIDES, run_cli, snapshot, tiny_config_file
 
 runner = CliRunner()
 
@@ -47,6 +47,7 @@ def test_generate_writes_a_complete_run_and_render_redraws_it(tmp_path: Path, ti
     assert (out / "turntable.gif").is_file()
 
 
+@pytest.mark.slow
 def test_resume_continues_and_extends_a_run(tmp_path: Path, tiny_yaml: Path) -> None:
     out = tmp_path / "run"
     common = ("--prior", "analytic", "--config", str(tiny_yaml), "--out", str(out), "--device", "cpu")
@@ -151,15 +152,18 @@ def test_out_of_vocabulary_prompt_with_the_embedded_prior(tmp_path: Path, monkey
 
 def test_compile_option_turns_on_every_compiled_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen = capture_run_configs(monkeypatch)
+    sd = ("--prior", "sd", "--model", str(tmp_path / "sd"))
     outputs = [_run("generate", "a red chair", "--out", str(tmp_path / "run"), "--device", "cpu", *extra).output
-               for extra in ((), ("--compile",))]
+               for extra in ((), ("--compile",), (*sd, "--compile"))]
     assert "compiling" not in outputs[0] and "compiling with torch.compile" in outputs[1]
-    plain, compiled = seen
-    assert not (plain.trainer.compile_field or plain.prior.compile_unet or plain.prior.compile_vae or plain.prior.channels_last)
-    assert compiled.trainer.compile_field and compiled.prior.compile_unet and compiled.prior.compile_vae
-    assert compiled.prior.channels_last and compiled.trainer.iters == plain.trainer.iters
+    plain, compiled, compiled_sd = seen
+    assert not plain.trainer.compile_field and compiled.trainer.compile_field
+    assert compiled.prior == plain.prior  # the embedded prior has nothing to compile
+    assert compiled_sd.trainer.compile_field and compiled_sd.prior.compile_unet and compiled_sd.prior.compile_vae
+    assert compiled_sd.prior.channels_last and compiled.trainer.iters == plain.trainer.iters
 
 
+@pytest.mark.slow
 def test_eval_3d_reports_json_for_a_run(tmp_path: Path, tiny_yaml: Path) -> None:
     import json
 
@@ -186,6 +190,7 @@ def test_sample_prior_writes_a_grid(tmp_path: Path) -> None:
     _assert_user_error(_run("sample-prior", "a red chair", "--out", str(tmp_path / "grid.jpg")), "must name a .png file")
 
 
+@pytest.mark.slow
 def test_gpus_relaunches_generate_under_torchrun(tmp_path: Path, tiny_yaml: Path) -> None:
     import subprocess
     import sys
@@ -318,6 +323,7 @@ def _fuzz_cases(run: Path, files: dict[str, Path], scratch: Path) -> list[tuple[
     return cases
 
 
+@pytest.mark.slow
 def test_bad_invocations_fail_in_one_line_and_leave_the_run_as_it_was(finished_run: Path, tmp_path: Path) -> None:
     files = _fuzz_files(tmp_path)
     cases = _fuzz_cases(finished_run, files, tmp_path)
@@ -417,6 +423,8 @@ def test_config_file_values_stand_unless_a_flag_is_typed(
     base = (*head, "--out", str(tmp_path / "out"), "--prior", "analytic", "--preset", "preview")
     if flag == "--prior":
         base = (*head, "--out", str(tmp_path / "out"), "--preset", "preview")
+    if flag == "--model":  # the analytic prior has no weights to name
+        base = (*head, "--out", str(tmp_path / "out"), "--prior", "embedded", "--preset", "preview")
     for extra in ((), ("--config", str(config)), ("--config", str(config), flag, flag_value)):
         assert run_cli(*base, *extra).code == 2
     preset_only, from_file, from_flag = seen
@@ -430,11 +438,11 @@ def test_config_file_values_stand_unless_a_flag_is_typed(
 def test_compile_flag_adds_to_the_config_files_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen = capture_run_configs(monkeypatch)
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({"seed": 9, "prior": {"name": "analytic", "cuda_graph": False}}))
+    config.write_text(yaml.safe_dump({"seed": 9, "prior": {"name": "sd", "model": str(tmp_path / "sd"), "cuda_graph": False}}))
     assert run_cli("generate", "a ball", "--config", str(config), "--compile", "--out", str(tmp_path / "o")).code == 2
     (compiled,) = seen
     assert compiled.trainer.compile_field and compiled.prior.compile_unet and compiled.prior.channels_last
-    assert compiled.seed == 9 and compiled.prior.name == "analytic" and compiled.prior.cuda_graph is False
+    assert compiled.seed == 9 and compiled.prior.name == "sd" and compiled.prior.cuda_graph is False
 
 
 def capture_run_configs(monkeypatch: pytest.MonkeyPatch) -> list:
@@ -451,6 +459,7 @@ def capture_run_configs(monkeypatch: pytest.MonkeyPatch) -> list:
     return seen
 
 
+@pytest.mark.slow
 def test_export_writes_textured_meshes_and_eval_3d_scores_them(tmp_path: Path, finished_run: Path) -> None:
     import json
 
@@ -474,6 +483,7 @@ def test_export_writes_textured_meshes_and_eval_3d_scores_them(tmp_path: Path, f
     assert mesh["occupancy_iou"] is not None  # "a ball": the embedded vocabulary's sphere
 
 
+@pytest.mark.slow
 def test_eval_3d_of_a_prompt_outside_the_vocabulary_scores_the_mesh_only(tmp_path: Path) -> None:
     import json
 

@@ -1,10 +1,16 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dreamfusion.config import PRESETS, RunConfig, build_config, dump_config, load_config
-from dreamfusion.schedules import LearningRateSchedule, Ramp
-from dreamfusion.typed_config import ConfigError, from_dict
+from dreamfusion.priors import PRIORS
+from dreamfusion.priors.deepfloyd_if import DeepFloydIFPriorConfig
+from dreamfusion.priors.embedded import EmbeddedPriorConfig
+from dreamfusion.priors.stable_diffusion import StableDiffusionPriorConfig
+from dreamfusion.schedules import TimestepRange
+from dreamfusion.typed_config import ConfigError, from_dict, merge
 
 
 def test_yaml_round_trip_of_every_preset(tmp_path: Path) -> None:
@@ -34,12 +40,42 @@ def test_configs_are_frozen() -> None:
         config.seed = 4  # type: ignore[misc]
 
 
-def test_schedules() -> None:
-    ramp = Ramp(start=1e-4, end=1e-2, steps=100, kind="log")
-    assert ramp(0) == 1e-4 and ramp(100) == 1e-2 and ramp(1000) == 1e-2
-    assert ramp(50) == pytest.approx(1e-3)
-    assert Ramp(start=1.0, end=3.0, steps=10, delay=10)(15) == pytest.approx(2.0)
-    assert Ramp(start=0.5)(10**6) == 0.5
-    cosine = LearningRateSchedule(warmup_steps=10, decay="cosine", min_factor=0.1)
-    assert cosine.factor(0, 110) == pytest.approx(0.1) and cosine.factor(9, 110) == 1.0
-    assert cosine.factor(60, 110) == pytest.approx(0.55) and cosine.factor(110, 110) == pytest.approx(0.1)
+def test_the_prior_section_is_the_chosen_priors_own_config() -> None:
+    config = build_config(overrides={"prior": {"name": "sd", "model": "sd21", "vae_slicing": True, "latent": "sample"}})
+    assert isinstance(config.prior, StableDiffusionPriorConfig)
+    assert (config.prior.model, config.prior.vae_slicing, config.prior.latent) == ("sd21", True, "sample")
+    # Keys without a name stay with the current prior; a new name starts from that prior's defaults.
+    assert merge(config, {"prior": {"compile_unet": True}}).prior.vae_slicing is True
+    switched = merge(config, {"prior": {"name": "if"}}).prior
+    assert isinstance(switched, DeepFloydIFPriorConfig) and switched.model is None
+    assert isinstance(from_dict(RunConfig, {"prior": {"model": "w.safetensors"}}).prior, EmbeddedPriorConfig)
+    with pytest.raises(ConfigError, match="unknown config key in prior: vae_slicing"):
+        build_config(overrides={"prior": {"name": "if", "vae_slicing": True}})
+    with pytest.raises(ConfigError, match="prior.name: 'dalle' is not one of"):
+        from_dict(RunConfig, {"prior": {"name": "dalle"}})
+
+
+def test_every_option_of_every_prior_reads_from_yaml(tmp_path: Path) -> None:
+    for name, entry in PRIORS.items():
+        config = build_config(overrides={"prior": {"name": name}})
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(dump_config(config))
+        assert set(yaml.safe_load(path.read_text())["prior"]) == {f.name for f in dataclasses.fields(entry.config)}
+        assert load_config(path) == config
+
+
+def test_configs_of_earlier_runs_are_read_in_todays_layout() -> None:
+    """Before each prior had its own config, one prior section served all of them, Perp-Neg was a prior option
+    and the timestep range two guidance keys."""
+    flat = {"model": None, "precision": "auto", "vae_resolution": None, "cuda_graph": True,
+            "compile_unet": True, "compile_vae": True, "channels_last": True}  # fmt: skip
+    old = {"prompt": "a red chair", "prior": {"name": "embedded", **flat, "perp_neg": None},
+           "guidance": {"guidance_scale": None, "t_range": [0.02, 0.98], "t_range_end": [0.02, 0.5], "weighting": "sds",
+                        "negative_prompt": ""}}  # fmt: skip
+    config = RunConfig.from_saved(old)
+    assert config.prior == EmbeddedPriorConfig()  # compile options had no effect on the embedded prior
+    assert config.guidance.timesteps == TimestepRange((0.02, 0.98), (0.02, 0.5)) and config.guidance.mode == "auto"
+    sd = RunConfig.from_saved({"prior": {"name": "sd", **flat, "model": "sd21", "perp_neg": True}})
+    assert sd.prior == StableDiffusionPriorConfig(model="sd21", compile_unet=True, compile_vae=True, channels_last=True)
+    assert sd.guidance.mode == "perp_neg"
+    assert RunConfig.from_saved({"prior": {"name": "if", **flat, "perp_neg": False}}).guidance.mode == "cfg"

@@ -14,13 +14,19 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import yaml
-
 from helpers import TINY_OVERRIDES, assert_close_scaled, tiny_config
+
 from dreamfusion import batch
 from dreamfusion.batch import read_prompts, run_batch, shard
 from dreamfusion.cameras import CameraBatch, sample_cameras
 from dreamfusion.distributed import (
-    DistributedContext, cleanup, init_distributed, is_main_process, launch_torchrun, rank_seed, strip_option,
+    DistributedContext,
+    cleanup,
+    init_distributed,
+    is_main_process,
+    launch_torchrun,
+    rank_seed,
+    strip_option,
     torchrun_command,
 )  # fmt: skip
 from dreamfusion.priors.analytic import AnalyticPrior, AnalyticPriorConfig
@@ -62,7 +68,7 @@ def _step_config(compile_field: bool = False):
     lambertian shading (normals and the orientation loss inside DDP's forward)."""
     return tiny_config(
         background={"kind": "mlp", "random_solid_probability": 0.0},
-        guidance={"guidance_scale": 1.0, "t_range": [0.5, 0.5]},
+        guidance={"guidance_scale": 1.0, "timesteps": {"start": [0.5, 0.5]}},
         shading={"albedo_warmup_steps": 0, "shaded_probability": 1.0, "textureless_probability": 0.0},
         trainer={"lambda_orient": {"start": 0.1, "end": 0.1}, "compile_field": compile_field},
     )
@@ -105,6 +111,7 @@ def _task_step(context: DistributedContext, tmp: Path, compile_field: bool = Fal
     torch.save({**_grads_and_params(trainer), "loss": metrics.loss}, tmp / f"step.rank{context.rank}.pt")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["step", "step_compiled"])
 def test_one_data_parallel_step_equals_one_step_of_batch_two(task: str, tmp_path: Path) -> None:
     config = _step_config()
@@ -169,6 +176,7 @@ def _task_generate(context: DistributedContext, tmp: Path) -> None:
     (tmp / f"writes.rank{context.rank}.json").write_text(json.dumps(writes))
 
 
+@pytest.mark.slow
 def test_two_process_generate_writes_only_from_rank_zero_and_resumes_exactly(tmp_path: Path) -> None:
     _spawn("generate", tmp_path)
     writes = [json.loads((tmp_path / f"writes.rank{r}.json").read_text()) for r in range(WORLD)]
@@ -204,6 +212,7 @@ def _task_batch(context: DistributedContext, tmp: Path) -> None:
     assert len(summary.results) == (3 if context.is_main else 1)
 
 
+@pytest.mark.slow
 def test_two_process_batch_finishes_every_prompt_and_reports_the_failure(tmp_path: Path) -> None:
     (tmp_path / "prompts.txt").write_text(PROMPTS)
     _spawn("batch", tmp_path)
@@ -297,6 +306,7 @@ def test_launch_torchrun_reruns_the_command_without_gpus(monkeypatch) -> None:
         launch_torchrun(argv, 0)
 
 
+@pytest.mark.slow
 def test_torchrun_generate_end_to_end(tmp_path: Path) -> None:
     """The real launcher: torchrun starts 2 CPU ranks of the unchanged CLI."""
     config = tmp_path / "tiny.yaml"

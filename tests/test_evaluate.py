@@ -7,9 +7,9 @@ import math
 
 import pytest
 import torch
+from helpers import empty_tiny_field
 from torch import nn
 
-from helpers import empty_tiny_field
 from dreamfusion.embedded.probe import Probe, ProbeModelConfig, ProbeNet, ProbePrediction
 from dreamfusion.evaluate import (
     Eval3DConfig,
@@ -24,11 +24,11 @@ from dreamfusion.evaluate import (
     parse_subject,
     render_scene_views,
 )
-from dreamfusion.export.video import Scene
 from dreamfusion.field import FieldConfig, FieldOutput
 from dreamfusion.priors.base import PriorError
 from dreamfusion.procedural.objects import occupancy_grid
 from dreamfusion.renderer import OccupancyGrid, RendererConfig
+from dreamfusion.scene import Scene
 from dreamfusion.shading import Background, BackgroundConfig, ShadingConfig
 
 
@@ -37,7 +37,7 @@ class BallField(nn.Module):
 
     def __init__(self, radius: float, centre=(0.0, 0.0, 0.0), density: float = 200.0, albedo=(0.85, 0.12, 0.1)):
         super().__init__()
-        self.config = FieldConfig()
+        self.bound = FieldConfig().bound
         self.radius, self.value = radius, density
         self.centre, self.albedo = torch.tensor(centre), torch.tensor(albedo)
         self.anchor = nn.Parameter(torch.zeros(1))

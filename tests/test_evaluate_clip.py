@@ -9,11 +9,18 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import TINY_OVERRIDES
 from typer.testing import CliRunner
 
-from helpers import TINY_OVERRIDES
 from dreamfusion.evaluate_clip import (
-    FETCH_HINT, ClipEvalConfig, ClipEvalError, caption_set, default_captions, evaluate_run_clip, load_clip, r_precision,
+    FETCH_HINT,
+    ClipEvalConfig,
+    ClipEvalError,
+    caption_set,
+    default_captions,
+    evaluate_run_clip,
+    load_clip,
+    r_precision,
     read_captions,
 )  # fmt: skip
 
@@ -139,9 +146,10 @@ def test_evaluate_a_run_end_to_end(tiny_clip: Path, tmp_path: Path) -> None:
 
 def test_an_empty_field_renders_and_ranks(tiny_clip: Path) -> None:
     from helpers import empty_tiny_field
+
     from dreamfusion.evaluate_clip import evaluate_views, render_views
-    from dreamfusion.export.video import Scene
     from dreamfusion.renderer import OccupancyGrid, RendererConfig
+    from dreamfusion.scene import Scene
     from dreamfusion.shading import Background, BackgroundConfig, ShadingConfig
 
     field = empty_tiny_field()

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from dreamfusion.field import FieldConfig, HashGridConfig, HashGridEncoding, NeRFField, gather_rows
+from dreamfusion.geometry import Geometry
 
 
 def test_dense_level_interpolates_trilinearly() -> None:
@@ -119,3 +120,12 @@ def test_field_of_zero_points_is_empty_and_gradients_still_flow(method: str) -> 
     grads = [p.grad for p in field.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert field.encoding.tables.grad.abs().sum() > 0
+
+
+def test_the_field_is_a_geometry_bounded_by_its_config() -> None:
+    field: Geometry = _tiny_field(bound=0.9)
+    assert field.bound == 0.9
+    points = torch.rand(16, 3) - 0.5
+    assert torch.equal(field.density(points), field(points).density) and field(points).normals is None
+    normals = field(points, with_normals=True).normals
+    assert normals is not None and torch.allclose(normals.norm(dim=-1), torch.ones(16))

@@ -3,12 +3,13 @@ from dataclasses import replace
 
 import pytest
 import torch
+from helpers import empty_tiny_field, tiny_config
 from torch import nn
 
-from helpers import empty_tiny_field, tiny_config
 from dreamfusion.cameras import TurntableConfig, turntable_cameras
 from dreamfusion.field import FieldConfig, FieldOutput, NeRFField
-from dreamfusion.renderer import OccupancyGrid, RendererConfig, composite, ray_sphere_interval, render
+from dreamfusion.geometry import Geometry
+from dreamfusion.renderer import OccupancyGrid, RendererConfig, compositing_weights, ray_sphere_interval, render
 from dreamfusion.shading import Background, BackgroundConfig
 
 
@@ -17,7 +18,7 @@ class SphereField(nn.Module):
 
     def __init__(self, radius: float, albedo: tuple[float, float, float] = (0.8, 0.2, 0.1)) -> None:
         super().__init__()
-        self.config = FieldConfig()
+        self.bound = FieldConfig().bound
         self.radius = radius
         self.anchor = nn.Parameter(torch.zeros(1))
         self.albedo = torch.tensor(albedo)
@@ -87,7 +88,7 @@ def test_ray_sphere_interval_and_compositing() -> None:
     assert torch.allclose(near[0], torch.tensor(2.0)) and torch.allclose(far[0], torch.tensor(4.0))
     assert torch.allclose(near[2], torch.tensor(0.05)) and torch.allclose(far[2], torch.tensor(1.0))
     t = torch.tensor([[0.0, 1.0, 2.0]])
-    weights = composite(torch.tensor([[0.0, 1e4, 1e4]]), t, torch.tensor([3.0]))
+    weights = compositing_weights(torch.tensor([[0.0, 1e4, 1e4]]), t, torch.tensor([3.0]))
     assert torch.allclose(weights, torch.tensor([[0.0, 1.0, 0.0]]), atol=1e-4)
 
 
@@ -100,6 +101,40 @@ def test_occupancy_grid_skips_only_empty_space() -> None:
     full = render(field, background, cameras, RendererConfig(num_samples=128))
     skipped = render(field, background, cameras, RendererConfig(num_samples=128), occupancy=grid)
     assert torch.allclose(full.rgb, skipped.rgb, atol=1e-5)
+
+
+class HardSphere:
+    """A geometry that is no NeRF: a solid sphere of one colour, with a sharp edge, inside a tight bound."""
+
+    def __init__(self, radius: float, albedo: tuple[float, float, float]) -> None:
+        self.radius, self.albedo = radius, torch.tensor(albedo)
+
+    @property
+    def bound(self) -> float:
+        return 0.6
+
+    def density(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x.norm(dim=-1) < self.radius, 1000.0, 0.0)
+
+    def __call__(self, x: torch.Tensor, with_normals: bool = False) -> FieldOutput:
+        normals = torch.nn.functional.normalize(x, dim=-1) if with_normals else None
+        return FieldOutput(self.density(x), self.albedo.expand(x.shape[0], 3), normals)
+
+
+def test_any_geometry_renders_its_silhouette_and_depth() -> None:
+    sphere: Geometry = HardSphere(0.5, (0.3, 0.6, 0.9))
+    distance, size = 2.0, 32
+    cameras = turntable_cameras(TurntableConfig(frames=1, elevation=30.0, distance=distance, resolution=size))
+    out = render(sphere, _backdrop((0.0, 0.0, 0.0)), cameras, RendererConfig(num_samples=256), shading="lambertian")
+    # The disc the sphere covers: radius f * tan(asin(r / d)) pixels about the centre (focal length = size).
+    disc = size * math.tan(math.asin(0.5 / distance))
+    offsets = (torch.arange(size) + 0.5 - size / 2).abs()
+    from_centre = (offsets[:, None] ** 2 + offsets[None, :] ** 2).sqrt()
+    opacity = out.opacity[0, ..., 0]
+    assert opacity[from_centre < disc - 1].min() > 0.99
+    assert opacity[from_centre > disc + 1].max() < 0.01
+    centre = out.depth[0, size // 2 - 1 : size // 2 + 1, size // 2 - 1 : size // 2 + 1]
+    assert abs(centre.mean().item() - (distance - 0.5)) < 0.01  # within about a sample spacing, 1.2 / 256
 
 
 # ----- zero samples: empty fields, empty grids and rays that miss --------------------------------------
@@ -129,7 +164,7 @@ def test_an_empty_occupancy_grid_renders_the_background() -> None:
     field = NeRFField(tiny_config().field)  # the blob: visible without the grid
     cameras, config = _tiny_cameras(), RendererConfig(num_samples=16)
     assert render(field, _backdrop(), cameras, config).opacity.max() > 0.5
-    nothing = OccupancyGrid(torch.zeros(8, 8, 8, dtype=torch.bool), field.config.bound)
+    nothing = OccupancyGrid(torch.zeros(8, 8, 8, dtype=torch.bool), field.bound)
     out = render(field, _backdrop(), cameras, config, shading="lambertian", with_normals=True, occupancy=nothing)
     _assert_background(out, (0.2, 0.4, 0.6))
     _assert_backward_leaves_finite_grads(out, field)

@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import run_cli, snapshot, tiny_config, tiny_config_file
 
 import dreamfusion.run
-from helpers import tiny_config
+from dreamfusion.errors import TrainingError
 from dreamfusion.priors.analytic import AnalyticPrior, AnalyticPriorConfig
 from dreamfusion.run import RunError, expected_outputs, generate, load_scene
-from dreamfusion.errors import TrainingError
-from helpers import run_cli, snapshot, tiny_config_file
 
 
 def _generate(tmp_path: Path, out: Path, *extra: str, **sections: dict) -> None:
@@ -26,6 +25,7 @@ def _generate(tmp_path: Path, out: Path, *extra: str, **sections: dict) -> None:
     assert result.code == 0, result.output
 
 
+@pytest.mark.slow
 def test_resume_drops_a_torn_last_metrics_line_and_closes_a_cut_log_line(tmp_path: Path) -> None:
     out = tmp_path / "run"
     _generate(tmp_path, out, "--iters", "10")
@@ -124,6 +124,7 @@ def test_a_field_that_empties_mid_run_is_logged_and_the_run_finishes(tmp_path: P
     assert not (out / "mesh.glb").exists()
 
 
+@pytest.mark.slow
 def test_export_and_render_refuse_a_checkpoint_from_another_run(tmp_path: Path) -> None:
     first, second = tmp_path / "first", tmp_path / "second"
     _generate(tmp_path, first, "--iters", "2")
@@ -147,3 +148,19 @@ def test_a_failed_start_leaves_no_run_directory(tmp_path: Path) -> None:
     result = run_cli("generate", "a ball", "--prior", "sd", "--model", str(tmp_path / "no-weights"), "--out", str(out), "--device", "cpu")
     assert result.code == 2 and len(result.lines) == 1, result.output
     assert not (tmp_path / "new").exists()  # neither the run folder nor the folder made for it
+
+
+def test_a_prompt_is_checked_once_by_the_chosen_prior_before_anything_loads() -> None:
+    from dreamfusion.errors import PriorError, RunError
+    from dreamfusion.priors import prior_config
+    from dreamfusion.run import validate_prompt
+
+    embedded = prior_config("embedded", model="/nowhere/prior.safetensors")  # the weights are never opened
+    assert validate_prompt("  a  red\tchair ", embedded) == "a red chair"
+    with pytest.raises(PriorError, match="spaceship"):
+        validate_prompt("a red spaceship", embedded)
+    with pytest.raises(PriorError, match="leave the view out"):
+        validate_prompt("a red chair, front view", embedded)
+    assert validate_prompt("a DSLR photo of a spaceship", prior_config("sd", model="/nowhere")) == "a DSLR photo of a spaceship"
+    with pytest.raises(RunError, match="empty"):
+        validate_prompt(" \n", prior_config("analytic"))

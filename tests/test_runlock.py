@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_cli, snapshot, tiny_config_file
 
 from dreamfusion.errors import RunError
 from dreamfusion.runlock import LOCK_NAME, describe_holder, is_locked, lock_run
-from helpers import run_cli, snapshot, tiny_config_file
 
 
 def test_a_second_lock_is_refused_until_the_first_is_released(tmp_path: Path) -> None:

@@ -1,9 +1,7 @@
-import pytest
 import torch
 
 from dreamfusion.priors.analytic import AnalyticPrior, AnalyticPriorConfig
 from dreamfusion.sds import (
-    GuidanceConfig,
     add_noise,
     classifier_free_guidance,
     sample_timesteps,
@@ -63,13 +61,3 @@ def test_score_distillation_matches_a_direct_computation_and_spares_the_prior() 
     # d latents / d rgb = 2, so the render receives twice the SDS gradient; the embeddings receive nothing.
     assert torch.allclose(rgb.grad, 2 * expected, atol=1e-5)
     assert not cond.requires_grad and cond.grad is None
-
-
-def test_guidance_config_validates_and_anneals() -> None:
-    config = GuidanceConfig(t_range=(0.02, 0.98), t_range_end=(0.02, 0.5))
-    assert config.t_range_at(0.0) == (0.02, 0.98)
-    assert config.t_range_at(1.0) == pytest.approx((0.02, 0.5))
-    with pytest.raises(ValueError):
-        GuidanceConfig(t_range=(0.9, 0.1))
-    with pytest.raises(ValueError):
-        GuidanceConfig(guidance_scale=-1.0)

@@ -3,12 +3,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import tiny_config
+
 from dreamfusion.cameras import TurntableConfig, turntable_cameras
+from dreamfusion.errors import TrainingError
 from dreamfusion.priors.analytic import AnalyticPrior, AnalyticPriorConfig, disc_image
 from dreamfusion.renderer import render
-from dreamfusion.errors import TrainingError
 from dreamfusion.trainer import CompiledField, Trainer, read_checkpoint
 
 
@@ -26,6 +26,7 @@ def _view_errors(trainer: Trainer, target: torch.Tensor) -> torch.Tensor:
     return ((out.rgb.permute(0, 3, 1, 2) - target) ** 2).mean(dim=(1, 2, 3))
 
 
+@pytest.mark.slow
 def test_sds_with_the_analytic_prior_moves_every_view_towards_the_mode() -> None:
     config = tiny_config(
         background={"kind": "mlp", "random_solid_probability": 0.0},
@@ -118,13 +119,14 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize("textureless_probability", [0.0, 1.0])
 def test_textureless_steps_use_the_priors_textureless_embeddings(textureless_probability: float, perp_neg: bool) -> None:
     config = tiny_config(shading={"albedo_warmup_steps": 0, "shaded_probability": 1.0,
-                                  "textureless_probability": textureless_probability})
+                                  "textureless_probability": textureless_probability},
+                         guidance={"mode": "perp_neg" if perp_neg else "cfg"})
     prior = _prior()
-    if perp_neg:
-        prior.perp_neg, prior.perp_neg_weights = True, (2.0, 1.0, 1.0)  # type: ignore[attr-defined]
+    prior.view_prompts = True  # its prompts are all alike; the marker below tells them apart
     trainer = Trainer(config, prior, torch.device("cpu"))
-    marker = torch.full_like(trainer.embeddings.by_view["front"], 0.25)
-    trainer.embeddings.textureless_by_view = {label: marker for label in trainer.embeddings.by_view}
+    embeddings = trainer.guidance.embeddings
+    marker = torch.full_like(embeddings.by_view["front"], 0.25)
+    embeddings.textureless_by_view = {label: marker for label in embeddings.by_view}
     seen: list[torch.Tensor] = []
     predict = prior.predict_noise
 
@@ -136,11 +138,12 @@ def test_textureless_steps_use_the_priors_textureless_embeddings(textureless_pro
     trainer.train_step()
     # Every prompt but the unconditional one (the positive and, with Perp-Neg, the other views' negatives)
     # comes from the textureless table exactly on textureless steps.
-    prompts = [row for row in seen if not torch.equal(row, trainer.embeddings.unconditional[0])]
+    prompts = [row for row in seen if not torch.equal(row, embeddings.unconditional[0])]
     assert len(prompts) >= (3 if perp_neg else 1)
     assert [torch.equal(row, marker[0]) for row in prompts] == [textureless_probability == 1.0] * len(prompts)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
 def test_compiled_field_gives_the_eager_fields_gradients(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # aot_eager checks what torch.compile traces of the field (custom gather, analytic normals, dynamic sample

@@ -22,17 +22,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers import TINY_OVERRIDES
 from PIL import Image
 from typer.testing import CliRunner
-
-from helpers import TINY_OVERRIDES
 
 CHROMIUM = next((path for name in ("chromium", "chromium-browser") if (path := shutil.which(name))), None)
 ARTIFACTS = Path(__file__).parent / "artifacts"
 SETTLE_S = 8.0
 """Seconds the page gets after its load event, for the websocket scene and software WebGL to draw."""
-
-pytestmark = pytest.mark.slow
 
 
 def _free_port() -> int:
@@ -134,6 +131,7 @@ def _centre_is_green(png: bytes) -> bool:
     return green > red + 40 and green > blue + 40
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install -y chromium)")
 def test_viewer_page_renders_the_run_in_headless_chromium(run_dir: Path, tmp_path: Path) -> None:
     pytest.importorskip("viser", reason="the viewer needs viser")

@@ -24,13 +24,18 @@ import torch
 
 from dreamfusion.config import RunConfig
 from dreamfusion.distributed import (
-    DistributedContext, broadcast_from_main, cleanup, gather_to_main, group_exists, init_distributed, resolve_device,
+    DistributedContext,
+    broadcast_from_main,
+    cleanup,
+    gather_to_main,
+    group_exists,
+    init_distributed,
+    resolve_device,
 )  # fmt: skip
 from dreamfusion.errors import DreamfusionError
 from dreamfusion.files import write_text_atomic
 from dreamfusion.run import RunError, generate, prompt_slug, validate_prompt
 from dreamfusion.runlock import lock_run
-
 
 
 @dataclass
@@ -173,7 +178,7 @@ def _run_one(
     result = PromptResult(index=index, prompt=prompt, run_dir=str(run_dir), rank=rank, ok=False)
     started = time.perf_counter()
     try:
-        config = replace(base_config, prompt=validate_prompt(prompt))
+        config = replace(base_config, prompt=validate_prompt(prompt, base_config.prior))
         generated = generate(config, run_dir, overwrite=overwrite, context=context)
         result.ok, result.steps = True, generated.train.steps
     except DreamfusionError as error:

@@ -43,9 +43,28 @@ def view_label(elevation_deg: float, azimuth_deg: float) -> ViewLabel:
     return "side"
 
 
+VIEW_AZIMUTH_DEG: dict[ViewLabel, float] = {"front": 0.0, "side": 90.0, "back": 180.0}
+"""Canonical azimuth of each horizontal view (a side view is also at -90 degrees)."""
+
+
 def view_suffix(label: ViewLabel) -> str:
     """The text appended to a prompt for a view, e.g. ``"a red chair" + ", front view"``."""
     return f", {label} view"
+
+
+def view_prompts(prompt: str) -> dict[ViewLabel, str]:
+    """The prompt with each view suffix appended: {"front": "a red chair, front view", ...}."""
+    return {label: prompt + view_suffix(label) for label in VIEW_LABELS}
+
+
+def split_view(prompt: str) -> tuple[str, ViewLabel | None]:
+    """Separate a trailing view suffix: "a red chair, front view" -> ("a red chair", "front")."""
+    text = prompt.strip().rstrip(".!")
+    for label in VIEW_LABELS:
+        for ending in (view_suffix(label), f" {label} view"):
+            if text.lower().endswith(ending):
+                return text[: -len(ending)].rstrip(" ,"), label
+    return text, None
 
 
 @dataclass(frozen=True)

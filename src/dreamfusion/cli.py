@@ -6,14 +6,18 @@ import functools
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import fields, replace
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from dreamfusion.priors import PRIOR_NAMES, PriorError, check_prompt
+from dreamfusion.priors import PRIOR_NAMES, PriorError
+
+if TYPE_CHECKING:
+    from dreamfusion.config import RunConfig
 
 app = typer.Typer(
     add_completion=False,
@@ -112,18 +116,18 @@ def generate(
     The same works with `torchrun --nproc_per_node N -m dreamfusion generate ...`.
     """
     from dreamfusion.config import build_config, read_config_file
-    from dreamfusion.run import generate as run_generate
     from dreamfusion.run import check_run_dir, prompt_slug, validate_prompt
+    from dreamfusion.run import generate as run_generate
 
-    prompt = validate_prompt(prompt)
     flags = _run_overrides(prior, model, seed, device, iters, compile)
     if guidance_scale is not None:
         flags["guidance"] = {"guidance_scale": guidance_scale}
     # The file is checked on its own first: a bad value in it is an error even where a flag overrides it.
-    run_config = build_config(preset, config, {"prompt": prompt, **flags})
+    run_config = _with_compiled_prior(build_config(preset, config, flags), compile)
+    prompt = validate_prompt(prompt, run_config.prior)
+    run_config = replace(run_config, prompt=prompt)
     # What the user asked for explicitly, the file's keys under the typed flags: a resumed run must agree with it.
     requested = _nested_merge(read_config_file(config) if config is not None else {}, flags)
-    check_prompt(run_config.prior, prompt)
     run_dir = out if out is not None else Path("outputs") / prompt_slug(prompt)
     if _relaunch_under_torchrun(gpus, lambda: check_run_dir(run_dir, resume, overwrite)):
         return
@@ -184,13 +188,25 @@ def _run_overrides(
     if device is not None and device not in DEVICES:
         raise ConfigError(f"--device must be auto, cpu or cuda, got {device!r}")
     _check_seed(seed)
-    prior_keys = {"name": prior, "model": model}
-    if compile:
-        prior_keys.update(compile_unet=True, compile_vae=True, channels_last=True)
-    overrides: dict[str, Any] = {"seed": seed, "device": device, "prior": prior_keys, "trainer": {"iters": iters}}
+    if prior == "analytic" and model is not None:
+        raise PriorError("the analytic prior has no weights; leave --model unset")
+    overrides: dict[str, Any] = {
+        "seed": seed, "device": device, "prior": {"name": prior, "model": model}, "trainer": {"iters": iters}
+    }  # fmt: skip
     if compile:
         overrides["trainer"]["compile_field"] = True
     return _typed(overrides)
+
+
+PRIOR_COMPILE_OPTIONS = {"compile_unet": True, "compile_vae": True, "channels_last": True}
+
+
+def _with_compiled_prior(config: RunConfig, compile: bool) -> RunConfig:
+    """With --compile, the prior's networks are compiled too, where its config has those options (sd, if)."""
+    if not compile:
+        return config
+    known = {field.name for field in fields(config.prior)}
+    return replace(config, prior=replace(config.prior, **{k: v for k, v in PRIOR_COMPILE_OPTIONS.items() if k in known}))
 
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -264,7 +280,7 @@ def batch(
     from dreamfusion.config import build_config
     from dreamfusion.distributed import is_main_process
 
-    base = build_config(preset, config, _run_overrides(prior, model, seed, device, iters, compile))
+    base = _with_compiled_prior(build_config(preset, config, _run_overrides(prior, model, seed, device, iters, compile)), compile)
     if _relaunch_under_torchrun(gpus, lambda: read_prompts(prompts)):
         return
     summary = run_batch_from_env(prompts, out, base, overwrite=overwrite)
@@ -288,7 +304,6 @@ def render(
 ) -> None:
     """Re-render the turntable video, GIF and preview of a run from its checkpoint."""
     import math
-    from dataclasses import replace
 
     from dreamfusion.export.video import DEFAULT_PANELS, check_turntable_size, parse_panels, write_turntable
     from dreamfusion.run import load_scene, lock_for_writing
@@ -336,12 +351,12 @@ def train_prior(
     Use the result with `dreamfusion generate PROMPT --model OUT`.
     """
     import math
-    from dataclasses import replace
 
-    from dreamfusion.embedded.train import TrainPriorConfig, train_prior as run_training, write_sample_sheet
+    from dreamfusion.distributed import resolve_device
+    from dreamfusion.embedded.train import TrainPriorConfig, write_sample_sheet
+    from dreamfusion.embedded.train import train_prior as run_training
     from dreamfusion.run import RunError
     from dreamfusion.runlock import lock_run
-    from dreamfusion.distributed import resolve_device
     from dreamfusion.typed_config import ConfigError
 
     if not 0 < minutes < math.inf or (steps is not None and steps <= 0) or (batch_size is not None and batch_size <= 0):
@@ -393,18 +408,20 @@ def sample_prior(
     import numpy as np
     import torch
 
+    from dreamfusion.cameras import split_view
+    from dreamfusion.distributed import resolve_device
     from dreamfusion.export.video import write_png
     from dreamfusion.memory import check_size
-    from dreamfusion.priors import PriorConfig, build_prior
-    from dreamfusion.priors.base import split_view
+    from dreamfusion.priors import build_prior, prior_config
     from dreamfusion.priors.sampling import ddim_sample
     from dreamfusion.run import RunError, validate_prompt
-    from dreamfusion.distributed import resolve_device
     from dreamfusion.typed_config import ConfigError
 
-    prompt = validate_prompt(prompt)
-    if prior not in PRIOR_NAMES:
-        raise PriorError(f"unknown prior {prior!r}; choose one of: {', '.join(PRIOR_NAMES)}")
+    if prior == "analytic" and model is not None:
+        raise PriorError("the analytic prior has no weights; leave --model unset")
+    chosen = prior_config(prior, **({} if model is None else {"model": model}))
+    base, view = split_view(prompt)
+    base = validate_prompt(base, chosen)
     if n <= 0 or steps <= 0 or (guidance_scale is not None and not 0 <= guidance_scale < math.inf):
         raise ConfigError("-n and --steps must be positive and --guidance-scale a non-negative number")
     _check_seed(seed)
@@ -414,10 +431,9 @@ def sample_prior(
     if not out.parent.is_dir():
         raise RunError(f"cannot write {out}: the folder {out.parent} does not exist")
     torch_device = resolve_device(device)
-    loaded = build_prior(PriorConfig(name=prior, model=model), torch_device)  # type: ignore[arg-type]
-    base, view = split_view(prompt)
+    loaded = build_prior(chosen, torch_device)
     embeddings = loaded.encode_prompt(base)
-    scale = guidance_scale if guidance_scale is not None else getattr(loaded, "sampling_guidance_scale", 5.0)
+    scale = guidance_scale if guidance_scale is not None else loaded.sampling_guidance_scale
     images = ddim_sample(loaded, embeddings, n, steps=steps, guidance_scale=scale,
                          generator=torch.Generator().manual_seed(seed), view=view or "front")
     columns = int(np.ceil(np.sqrt(n)))
@@ -476,7 +492,8 @@ def export_mesh(
 ) -> None:
     """Extract the surface the renders show as a closed triangle mesh with its albedo, UV-textured (GLB: PBR
     material; OBJ: .mtl and .png beside it) or with vertex colours, and write it as GLB, OBJ or PLY."""
-    from dreamfusion.export.mesh import MeshExportConfig, export_run
+    from dreamfusion.export.mesh import MeshExportConfig
+    from dreamfusion.run import export_run
     from dreamfusion.typed_config import ConfigError
 
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -11,10 +13,11 @@ import yaml
 from dreamfusion.cameras import CameraConfig, TurntableConfig
 from dreamfusion.export.mesh import MeshExportConfig
 from dreamfusion.field import FieldConfig, HashGridConfig
-from dreamfusion.priors import PriorConfig
+from dreamfusion.guidance import GuidanceConfig
+from dreamfusion.priors import PRIORS, PriorConfig
+from dreamfusion.priors.embedded import EmbeddedPriorConfig
 from dreamfusion.renderer import RendererConfig
 from dreamfusion.schedules import Ramp
-from dreamfusion.sds import GuidanceConfig
 from dreamfusion.shading import BackgroundConfig, ShadingConfig
 from dreamfusion.trainer import TrainerConfig
 from dreamfusion.typed_config import ConfigError, check_seed, from_dict, merge, to_dict
@@ -29,7 +32,8 @@ class RunConfig:
     prompt: str = ""
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    prior: PriorConfig = PriorConfig()
+    prior: PriorConfig = EmbeddedPriorConfig()
+    """The prior's own config: ``name`` picks the prior, the other keys are that prior's options."""
     camera: CameraConfig = CameraConfig()
     field: FieldConfig = FieldConfig()
     background: BackgroundConfig = BackgroundConfig()
@@ -44,6 +48,12 @@ class RunConfig:
     def __post_init__(self) -> None:
         check_seed(self.seed)
 
+    @classmethod
+    def from_saved(cls, data: dict[str, Any]) -> RunConfig:
+        """A config as a run saved it (config.yaml or a checkpoint), in any layout this version reads;
+        settings added since it was written take their defaults."""
+        return from_dict(cls, upgrade(data))
+
 
 # Overrides on top of the defaults. "preview" is sized for a CPU: a coarser grid, fewer samples and steps.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -55,7 +65,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         # Measured on 2 CPU cores with the embedded prior: "a red chair" with legs and back in about 4 minutes;
         # annealing t towards small noise levels is what turns the lump into a shape in so few steps. The
         # prior's own guidance (30 for the embedded one): at 20 the current weights leave a red haze.
-        "guidance": {"t_range_end": [0.02, 0.5]},
+        # Perp-Neg's extra prior evaluations cost 70% more time per step on a CPU.
+        "guidance": {"mode": "cfg", "timesteps": {"end": [0.02, 0.5]}},
         "trainer": {
             "iters": 700,
             "lr": 3e-2,  # few steps: a coarser grid tolerates, and needs, larger ones
@@ -63,8 +74,6 @@ PRESETS: dict[str, dict[str, Any]] = {
             "lambda_orient": {"start": 1e-4, "end": 1e-2, "steps": 200, "kind": "log"},
         },
         "turntable": {"frames": 36},
-        # Perp-Neg's extra prior evaluations cost 70% more time per step on a CPU.
-        "prior": {"perp_neg": False},
     },
     "default": {},
     "quality": {
@@ -75,7 +84,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "batch_size": 4,
             "lambda_orient": {"start": 1e-4, "end": 1e-2, "steps": 3000, "kind": "log"},
         },
-        "guidance": {"t_range_end": [0.02, 0.5]},
+        "guidance": {"timesteps": {"end": [0.02, 0.5]}},
         "turntable": {"frames": 120, "resolution": 128},
     },
 }
@@ -109,13 +118,38 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 def load_config(path: Path) -> RunConfig:
     """Read a complete config.yaml as written by ``dump_config``."""
-    return from_dict(RunConfig, read_config_file(path))
+    return RunConfig.from_saved(read_config_file(path))
 
 
 def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
     """A config dict as saved in a checkpoint, completed with the defaults of keys added since it was written
     (so runs made before a new setting existed still match their config.yaml); unknown keys fail."""
-    return to_dict(from_dict(RunConfig, saved))
+    return to_dict(RunConfig.from_saved(saved))
+
+
+_FLAT_PRIOR_KEYS = ("model", "precision", "perp_neg", "vae_resolution", "cuda_graph", "compile_unet", "compile_vae", "channels_last")
+"""The keys of the one prior section every prior shared before each prior had its own config."""
+
+
+def upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """A saved config dict in today's layout. Runs written before guidance owned Perp-Neg and its timestep
+    schedule had ``prior.perp_neg`` and ``guidance.t_range`` / ``t_range_end``, and one prior section for every
+    prior; the keys the chosen prior never read are dropped (they had no effect on it)."""
+    data = copy.deepcopy(data)
+    guidance, prior = data.get("guidance"), data.get("prior")
+    if isinstance(guidance, dict) and ("t_range" in guidance or "t_range_end" in guidance):
+        guidance["timesteps"] = {"start": guidance.pop("t_range", [0.02, 0.98]), "end": guidance.pop("t_range_end", None)}
+    if isinstance(prior, dict) and "perp_neg" in prior:
+        perp_neg = prior.pop("perp_neg")
+        if perp_neg is not None:
+            data["guidance"] = {**(guidance or {}), "mode": "perp_neg" if perp_neg else "cfg"}
+        name = prior.get("name", "embedded")
+        if name in PRIORS:
+            known = {f.name for f in dataclasses.fields(PRIORS[name].config)}
+            for key in _FLAT_PRIOR_KEYS:
+                if key not in known:
+                    prior.pop(key, None)
+    return data
 
 
 def dump_config(config: RunConfig) -> str:

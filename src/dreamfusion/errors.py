@@ -22,3 +22,7 @@ class TrainingError(DreamfusionError, RuntimeError):
 
 class DeviceError(DreamfusionError, RuntimeError):
     """The device or process layout asked for is not there (no CUDA, a rank without a GPU)."""
+
+
+class PriorError(DreamfusionError, ValueError):
+    """A prior cannot be built or cannot read the prompt (a missing weights folder, an unknown word)."""

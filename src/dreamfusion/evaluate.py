@@ -41,11 +41,11 @@ from torch import Tensor
 from dreamfusion.cameras import VIEW_LABELS, CameraBatch, ViewLabel, cameras_from_angles
 from dreamfusion.embedded import vocabulary as vocab
 from dreamfusion.embedded.probe import VIEW_SYMMETRIC_KINDS, Probe, ProbePrediction, load_probe
-from dreamfusion.export.video import MAX_RAYS, Scene, render_in_chunks
 from dreamfusion.field import NeRFField
 from dreamfusion.procedural.dataset import COLOUR_NAMES
 from dreamfusion.procedural.objects import OBJECT_KINDS, grid_points, occupancy_grid
-from dreamfusion.renderer import render
+from dreamfusion.renderer import RenderOutput
+from dreamfusion.scene import MAX_RAYS, Scene
 from dreamfusion.shading import Background, BackgroundConfig, ShadingMode
 
 
@@ -324,21 +324,17 @@ def evaluation_cameras(config: Eval3DConfig) -> CameraBatch:
     )  # fmt: skip
 
 
-@torch.no_grad()
 def render_scene_views(
     scene: Scene, cameras: CameraBatch, mode: ShadingMode, config: Eval3DConfig
 ) -> Float[Tensor, "B 3 H W"]:
     """The scene from ``cameras`` over the evaluation background, rgb in [0, 1], on the CPU."""
-    device = next(scene.field.parameters()).device
-    background = Background(BackgroundConfig(kind="random_solid", eval_colour=config.background)).to(device)
+    background = Background(BackgroundConfig(kind="random_solid", eval_colour=config.background)).to(scene.device)
+    rgb = scene.render_views(cameras, _clamped_colour, mode=mode, background=background, max_rays=config.max_rays)
+    return rgb.permute(0, 3, 1, 2)
 
-    def rgb(part: CameraBatch) -> Float[Tensor, "b h W 3"]:
-        out = render(scene.field, background, part, scene.renderer, shading=mode, ambient=scene.shading.ambient,
-                     diffuse=scene.shading.diffuse, occupancy=scene.grid())
-        return out.rgb.clamp(0, 1)
 
-    width = cameras.rays_o.shape[2]
-    return render_in_chunks(cameras, rgb, (width, 3), device, config.max_rays).permute(0, 3, 1, 2)
+def _clamped_colour(out: RenderOutput, cameras: CameraBatch) -> Float[Tensor, "b h w 3"]:
+    return out.rgb.clamp(0, 1)
 
 
 def evaluate_3d(

@@ -22,7 +22,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -31,6 +31,11 @@ from torch import Tensor
 
 from dreamfusion.errors import DreamfusionError
 from dreamfusion.files import write_text_atomic
+
+if TYPE_CHECKING:
+    from dreamfusion.cameras import CameraBatch
+    from dreamfusion.renderer import RenderOutput
+    from dreamfusion.scene import Scene
 
 FETCH_HINT = "huggingface-cli download openai/clip-vit-base-patch32 --local-dir DIR"
 # OpenAI CLIP's normalization, for folders without a preprocessor_config.json.
@@ -258,17 +263,21 @@ def load_clip(directory: Path, device: torch.device | str = "cpu") -> ClipModel:
     return ClipModel(model, tokenizer, image_size, mean, std, torch.device(device), directory.name)  # type: ignore[arg-type]
 
 
-def render_views(scene, config: ClipEvalConfig, distance: float) -> dict[str, UInt8[np.ndarray, "V H W 3"]]:
+def render_views(scene: Scene, config: ClipEvalConfig, distance: float) -> dict[str, UInt8[np.ndarray, "V H W 3"]]:
     """The colour and textureless ("geo") renders of the evaluation orbit."""
     from dreamfusion.cameras import TurntableConfig, turntable_cameras
-    from dreamfusion.export.video import render_panels
+    from dreamfusion.scene import to_bytes
 
     cameras = turntable_cameras(
         TurntableConfig(frames=config.views, elevation=config.elevation, distance=distance, resolution=config.resolution)
     )
+
+    def colour_bytes(out: RenderOutput, part: CameraBatch) -> UInt8[Tensor, "b h w 3"]:
+        return to_bytes(out.rgb)
+
     return {
-        config.color_shading: render_panels(scene, cameras, (config.color_shading,)),
-        "geo": render_panels(scene, cameras, ("textureless",)),
+        config.color_shading: scene.render_views(cameras, colour_bytes, mode=config.color_shading).numpy(),
+        "geo": scene.render_views(cameras, colour_bytes, mode="textureless").numpy(),
     }
 
 

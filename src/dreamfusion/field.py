@@ -222,6 +222,11 @@ class NeRFField(nn.Module):
         layers.append(nn.Linear(dims[-1], 4))
         self.mlp = nn.Sequential(*layers)
 
+    @property
+    def bound(self) -> float:
+        """Radius of the bounding sphere (see ``geometry.Geometry``)."""
+        return self.config.bound
+
     def density_bias(self, x: Float[Tensor, "N 3"]) -> Float[Tensor, " N"]:
         lam, sigma = self.config.blob
         if self.config.density_bias == "blob_dreamfusion":

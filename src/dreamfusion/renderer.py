@@ -1,27 +1,19 @@
-"""Volume rendering of the field inside its bounding sphere, shaded and composited over the background."""
+"""Volume rendering of a geometry inside its bounding sphere, in four stages: sample distances along each ray
+(``sample_rays``), query the geometry there (``query_geometry``), shade the samples (``shade_samples``) and
+composite them over the background (``composite``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, replace
 
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
 from dreamfusion.cameras import CameraBatch
-from dreamfusion.field import FieldConfig, FieldOutput, NeRFField
+from dreamfusion.field import NeRFField
+from dreamfusion.geometry import Geometry
 from dreamfusion.shading import Background, ShadingMode, shade
-
-
-class SceneField(Protocol):
-    """What ``render`` needs of a field: ``NeRFField``, or the trainer's compiled wrapper of one."""
-
-    config: FieldConfig
-
-    def __call__(self, x: Float[Tensor, "N 3"], with_normals: bool = False) -> FieldOutput: ...
-
-    def density(self, x: Float[Tensor, "N 3"]) -> Float[Tensor, " N"]: ...
 
 
 @dataclass(frozen=True)
@@ -59,7 +51,7 @@ class OccupancyGrid:
     @torch.no_grad()
     def from_field(cls, field: NeRFField, resolution: int = 64, threshold: float = 0.01) -> OccupancyGrid:
         device = next(field.parameters()).device
-        bound = field.config.bound
+        bound = field.bound
         centres = (torch.arange(resolution, device=device, dtype=torch.float32) + 0.5) / resolution * 2 - 1
         grid = torch.stack(torch.meshgrid(centres, centres, centres, indexing="ij"), dim=-1).reshape(-1, 3) * bound
         density = torch.cat([field.density(chunk) for chunk in grid.split(65536)]).reshape((resolution,) * 3)
@@ -70,6 +62,73 @@ class OccupancyGrid:
         resolution = self.occupied.shape[0]
         cell = ((points / self.bound + 1) / 2 * resolution).long().clamp(0, resolution - 1)
         return self.occupied[cell[:, 0], cell[:, 1], cell[:, 2]]
+
+
+@dataclass(frozen=True)
+class ShadingOptions:
+    """How the colour of a sample is formed from its albedo (see ``shading.shade``)."""
+
+    mode: ShadingMode = "albedo"
+    ambient: float = 0.1
+    diffuse: float = 0.9
+    with_normals: bool = False
+    """Compute normals even where ``mode`` does not light with them: for normal maps and losses on normals."""
+
+    @property
+    def needs_normals(self) -> bool:
+        return self.with_normals or self.mode != "albedo"
+
+
+@dataclass(frozen=True)
+class Randomness:
+    """Where a render's random numbers come from. Only training renders draw any, in this order: the jitter of
+    the samples, then the importance samples (both ``device_generator``), then the background (``host_generator``)."""
+
+    training: bool = False
+    """Jitter the samples along each ray and augment the background; otherwise both are deterministic."""
+    host_generator: torch.Generator | None = None
+    """CPU stream of the background's random colours."""
+    device_generator: torch.Generator | None = None
+    """Stream of the sample positions, on the rays' device."""
+
+    @property
+    def importance_generator(self) -> torch.Generator | None:
+        """None: evenly spaced quantiles of the weights, for reproducible renders outside training."""
+        return self.device_generator if self.training else None
+
+
+@dataclass
+class RaySamples:
+    """Sorted distances along each ray, within its stretch of the bounding sphere."""
+
+    origins: Float[Tensor, "R 3"]
+    directions: Float[Tensor, "R 3"]
+    """Unit vectors, so distances are in world units."""
+    t: Float[Tensor, "R S"]
+    far: Float[Tensor, " R"]
+    """Where each ray leaves the sphere: the last sample's interval ends there."""
+    hit: Bool[Tensor, " R"]
+    """Rays that cross the sphere; the others see only the background."""
+
+    @property
+    def points(self) -> Float[Tensor, "R S 3"]:
+        return self.origins[:, None] + self.directions[:, None] * self.t[..., None]
+
+
+@dataclass
+class SampledGeometry:
+    """The geometry at every sample; zero density and albedo where it was not queried."""
+
+    points: Float[Tensor, "R S 3"]
+    density: Float[Tensor, "R S"]
+    albedo: Float[Tensor, "R S 3"]
+
+
+@dataclass
+class ShadedSamples:
+    colours: Float[Tensor, "R S 3"]
+    normals: Float[Tensor, "R S 3"] | None
+    """Outward unit normals where the compositing weight is significant, zero elsewhere; None when not needed."""
 
 
 @dataclass
@@ -119,7 +178,7 @@ def _sample_pdf(
     return edge_lo + fraction * (edge_hi - edge_lo)
 
 
-def composite(
+def compositing_weights(
     density: Float[Tensor, "R S"], t: Float[Tensor, "R S"], far: Float[Tensor, " R"]
 ) -> Float[Tensor, "R S"]:
     """Alpha-compositing weights w_i = T_i (1 - exp(-sigma_i delta_i))."""
@@ -129,11 +188,118 @@ def composite(
     return alpha * transmittance[:, :-1]
 
 
+def _stratified(
+    near: Float[Tensor, " R"], far: Float[Tensor, " R"], count: int, randomness: Randomness
+) -> Float[Tensor, "R count"]:
+    """One distance in each of ``count`` equal intervals of [near, far]: its centre, or a random point in training."""
+    steps = torch.arange(count, device=near.device, dtype=near.dtype)
+    if randomness.training:
+        jitter = torch.rand(near.shape[0], count, generator=randomness.device_generator, device=near.device)
+    else:
+        jitter = torch.full((near.shape[0], count), 0.5, device=near.device)
+    return near[:, None] + (far - near)[:, None] * (steps + jitter) / count
+
+
+@torch.no_grad()
+def _with_importance_samples(
+    geometry: Geometry, samples: RaySamples, count: int, randomness: Randomness
+) -> RaySamples:
+    """``samples`` and ``count`` more per ray, drawn where a density-only pass over them puts the weight."""
+    rays, coarse = samples.t.shape
+    density = geometry.density(samples.points.reshape(-1, 3)).reshape(rays, coarse)
+    weights = compositing_weights(density, samples.t, samples.far)
+    fine = _sample_pdf(samples.t, weights, count, randomness.importance_generator)
+    t, _ = torch.sort(torch.cat((samples.t, fine), dim=-1), dim=-1)
+    return replace(samples, t=t)
+
+
+def sample_rays(
+    geometry: Geometry,
+    origins: Float[Tensor, "R 3"],
+    directions: Float[Tensor, "R 3"],
+    config: RendererConfig,
+    randomness: Randomness,
+) -> RaySamples:
+    """Stratified distances inside the geometry's bounding sphere, refined by importance samples when configured."""
+    near, far, hit = ray_sphere_interval(origins, directions, geometry.bound, config.near_min)
+    samples = RaySamples(origins, directions, _stratified(near, far, config.num_samples, randomness), far, hit)
+    if config.num_importance > 0:
+        samples = _with_importance_samples(geometry, samples, config.num_importance, randomness)
+    return samples
+
+
+def query_geometry(geometry: Geometry, samples: RaySamples, occupancy: OccupancyGrid | None) -> SampledGeometry:
+    """Density and albedo at the samples of rays that cross the sphere, skipping cells ``occupancy`` marks empty."""
+    rays, count = samples.t.shape
+    points = samples.points
+    flat_points = points.reshape(-1, 3)
+    active = samples.hit[:, None].expand(rays, count).reshape(-1)
+    if occupancy is not None:
+        active = active & occupancy.query(flat_points)
+    out = geometry(flat_points[active])
+    density = flat_points.new_zeros(rays * count).masked_scatter(active, out.density)
+    albedo = flat_points.new_zeros(rays * count, 3).masked_scatter(active[:, None], out.albedo)
+    return SampledGeometry(points, density.reshape(rays, count), albedo.reshape(rays, count, 3))
+
+
+def shade_samples(
+    geometry: Geometry,
+    sampled: SampledGeometry,
+    weights: Float[Tensor, "R S"],
+    lights: Float[Tensor, "R 3"],
+    options: ShadingOptions,
+    normal_weight_threshold: float,
+) -> ShadedSamples:
+    """The colour of every sample under the light of its ray's camera; normals (when needed) only where the
+    compositing weight exceeds ``normal_weight_threshold`` (see ``RendererConfig``)."""
+    normals = None
+    if options.needs_normals:
+        flat_points = sampled.points.reshape(-1, 3)
+        significant = (weights.detach() > normal_weight_threshold).reshape(-1)
+        found = geometry(flat_points[significant], with_normals=True).normals
+        assert found is not None, "a geometry asked for normals must return them"
+        normals = torch.zeros_like(flat_points).masked_scatter(significant[:, None], found).reshape(sampled.points.shape)
+    light = lights[:, None].expand_as(sampled.points)
+    colours = shade(sampled.albedo, normals, sampled.points, light, options.mode, options.ambient, options.diffuse)
+    return ShadedSamples(colours, normals)
+
+
+def composite(
+    samples: RaySamples, weights: Float[Tensor, "R S"], shaded: ShadedSamples, background: Float[Tensor, "B H W 3"]
+) -> RenderOutput:
+    """The samples accumulated by their weights over ``background``, as images of the background's shape."""
+    batch, height, width, _ = background.shape
+    opacity = weights.sum(-1, keepdim=True)
+    foreground = (weights[..., None] * shaded.colours).sum(1)
+    depth = (weights * samples.t).sum(-1, keepdim=True) / opacity.clamp(min=1e-6)
+    if shaded.normals is None:
+        normals = torch.zeros_like(foreground)
+    else:
+        normals = (weights[..., None] * shaded.normals).sum(1)
+    rgb = foreground + (1.0 - opacity) * background.reshape(-1, 3)
+
+    def image(x: Float[Tensor, "R C"]) -> Float[Tensor, "B H W C"]:
+        # The channel count is explicit: a -1 cannot be inferred when there are no rays (no cameras).
+        return x.reshape(batch, height, width, x.shape[-1])
+
+    count = weights.shape[1]
+    return RenderOutput(
+        rgb=image(rgb),
+        opacity=image(opacity),
+        depth=image(depth),
+        normals=image(normals),
+        weights=weights.reshape(batch, height * width, count),
+        sample_normals=None if shaded.normals is None else shaded.normals.reshape(batch, height * width, count, 3),
+        ray_directions=samples.directions.reshape(batch, height * width, 3),
+    )
+
+
 def render(
-    field: SceneField,
+    geometry: Geometry,
     background: Background,
     cameras: CameraBatch,
     config: RendererConfig,
+    *,
     shading: ShadingMode = "albedo",
     ambient: float = 0.1,
     diffuse: float = 0.9,
@@ -143,75 +309,16 @@ def render(
     device_generator: torch.Generator | None = None,
     occupancy: OccupancyGrid | None = None,
 ) -> RenderOutput:
-    """Render ``cameras``; ``training`` turns on stratified jitter (``device_generator``) and background
-    augmentation (``host_generator``). Normals are computed when shading needs them or ``with_normals``.
-    With ``occupancy``, samples in empty cells are skipped (for rendering trained fields)."""
-    batch, height, width, _ = cameras.rays_o.shape
-    origins = cameras.rays_o.reshape(-1, 3)
-    directions = cameras.rays_d.reshape(-1, 3)
-    rays = origins.shape[0]
-    near, far, hit = ray_sphere_interval(origins, directions, field.config.bound, config.near_min)
-
-    steps = torch.arange(config.num_samples, device=origins.device, dtype=origins.dtype)
-    if training:
-        jitter = torch.rand(rays, config.num_samples, generator=device_generator, device=origins.device)
-    else:
-        jitter = torch.full((rays, config.num_samples), 0.5, device=origins.device)
-    t = near[:, None] + (far - near)[:, None] * (steps + jitter) / config.num_samples
-
-    if config.num_importance > 0:
-        with torch.no_grad():
-            coarse_points = origins[:, None] + directions[:, None] * t[..., None]
-            coarse_density = field.density(coarse_points.reshape(-1, 3)).reshape(rays, config.num_samples)
-            coarse_weights = composite(coarse_density, t, far)
-            fine = _sample_pdf(t, coarse_weights, config.num_importance, device_generator if training else None)
-            t, _ = torch.sort(torch.cat((t, fine), dim=-1), dim=-1)
-
-    samples = t.shape[1]
-    points = origins[:, None] + directions[:, None] * t[..., None]
-    flat_points = points.reshape(-1, 3)
-    active = hit[:, None].expand(rays, samples).reshape(-1)
-    if occupancy is not None:
-        active = active & occupancy.query(flat_points)
-    density = torch.zeros(rays * samples, device=origins.device, dtype=origins.dtype)
-    albedo = torch.zeros(rays * samples, 3, device=origins.device, dtype=origins.dtype)
-    out = field(flat_points[active])
-    density = density.masked_scatter(active, out.density)
-    albedo = albedo.masked_scatter(active[:, None], out.albedo)
-    density = density.reshape(rays, samples)
-    weights = composite(density, t, far)
-
-    sample_normals = None
-    if with_normals or shading != "albedo":
-        # Normals only where they can matter (see RendererConfig.normal_weight_threshold).
-        significant = (weights.detach() > config.normal_weight_threshold).reshape(-1)
-        normals = field(flat_points[significant], with_normals=True).normals
-        assert normals is not None
-        sample_normals = torch.zeros_like(flat_points).masked_scatter(significant[:, None], normals).reshape(rays, samples, 3)
-    light = cameras.light_position[:, None, None, :].expand(batch, height * width, samples, 3).reshape(rays, samples, 3)
-    colours = shade(albedo.reshape(rays, samples, 3), sample_normals, points, light, shading, ambient, diffuse)
-
-    opacity = weights.sum(-1, keepdim=True)
-    foreground = (weights[..., None] * colours).sum(1)
-    depth = (weights * t).sum(-1, keepdim=True) / opacity.clamp(min=1e-6)
-    if sample_normals is None:
-        normals = torch.zeros_like(foreground)
-    else:
-        normals = (weights[..., None] * sample_normals).sum(1)
-
-    bg = background.colour(cameras.rays_d, training, host_generator).reshape(rays, 3)
-    rgb = foreground + (1.0 - opacity) * bg
-
-    def image(x: Float[Tensor, "R C"]) -> Float[Tensor, "B H W C"]:
-        # The channel count is explicit: a -1 cannot be inferred when there are no rays (no cameras).
-        return x.reshape(batch, height, width, x.shape[-1])
-
-    return RenderOutput(
-        rgb=image(rgb),
-        opacity=image(opacity),
-        depth=image(depth),
-        normals=image(normals),
-        weights=weights.reshape(batch, height * width, samples),
-        sample_normals=None if sample_normals is None else sample_normals.reshape(batch, height * width, samples, 3),
-        ray_directions=directions.reshape(batch, height * width, 3),
-    )
+    """Render ``cameras`` through the four stages. ``shading`` (the mode), ``ambient``, ``diffuse`` and
+    ``with_normals`` are the ``ShadingOptions``; ``training`` (sample jitter, background augmentation) and the
+    generators are the ``Randomness``. With ``occupancy``, samples in empty cells are skipped (for rendering
+    trained fields)."""
+    options = ShadingOptions(shading, ambient, diffuse, with_normals)
+    randomness = Randomness(training, host_generator, device_generator)
+    samples = sample_rays(geometry, cameras.rays_o.reshape(-1, 3), cameras.rays_d.reshape(-1, 3), config, randomness)
+    sampled = query_geometry(geometry, samples, occupancy)
+    weights = compositing_weights(sampled.density, samples.t, samples.far)
+    lights = cameras.light_position[:, None, None, :].expand_as(cameras.rays_o).reshape(-1, 3)
+    shaded = shade_samples(geometry, sampled, weights, lights, options, config.normal_weight_threshold)
+    behind = background.colour(cameras.rays_d, randomness.training, randomness.host_generator)
+    return composite(samples, weights, shaded, behind)

@@ -31,14 +31,31 @@ import torch
 
 from dreamfusion.config import RunConfig, dump_config, load_config, with_defaults
 from dreamfusion.distributed import (
-    DistributedContext, barrier, broadcast_from_main, cleanup, group_exists, init_distributed, resolve_device,
+    DistributedContext,
+    barrier,
+    broadcast_from_main,
+    cleanup,
+    group_exists,
+    init_distributed,
+    resolve_device,
 )  # fmt: skip
 from dreamfusion.errors import RunError, TrainingError
-from dreamfusion.export.video import DEFAULT_PANELS, Scene, check_turntable_size, mp4_available, write_turntable
+from dreamfusion.export.mesh import (
+    GRID_BYTES_PER_SAMPLE,
+    MeshExportConfig,
+    MeshExportError,
+    MeshFormat,
+    extract_mesh,
+    mesh_format,
+    write_mesh,
+)  # fmt: skip
+from dreamfusion.export.video import DEFAULT_PANELS, check_turntable_size, mp4_available, write_turntable
 from dreamfusion.field import NeRFField
 from dreamfusion.files import TEMPORARY_GLOB, append_line, end_with_newline, read_jsonl, write_text_atomic
-from dreamfusion.priors import build_prior
+from dreamfusion.memory import check_size
+from dreamfusion.priors import PriorConfig, build_prior, check_prompt
 from dreamfusion.runlock import LOCK_NAME, RunLock, describe_holder, is_locked, lock_run
+from dreamfusion.scene import Scene
 from dreamfusion.shading import Background
 from dreamfusion.trainer import StepMetrics, Trainer, TrainResult, check_training_fits, read_checkpoint
 from dreamfusion.typed_config import ConfigError, differing_keys, merge, to_dict
@@ -52,7 +69,9 @@ RESUMABLE_CHANGES = ("trainer.iters",)
 EMPTY_OPACITY = 1e-3
 """Mean render opacity below which a step's view shows nothing: run.log notes when the field empties."""
 
-__all__ = ["GenerateResult", "RunError", "check_run_dir", "generate", "load_scene", "prompt_slug", "validate_prompt"]
+__all__ = [
+    "GenerateResult", "RunError", "check_run_dir", "export_run", "generate", "load_scene", "prompt_slug", "validate_prompt",
+]  # fmt: skip
 
 
 def prompt_slug(prompt: str) -> str:
@@ -60,10 +79,13 @@ def prompt_slug(prompt: str) -> str:
     return slug[:60] or "run"
 
 
-def validate_prompt(prompt: str) -> str:
+def validate_prompt(prompt: str, prior: PriorConfig) -> str:
+    """The prompt with its white space collapsed, once it is known that ``prior`` can read it: the one check
+    of a prompt, made before anything loads."""
     cleaned = " ".join(prompt.split())
     if not cleaned:
         raise RunError("the prompt is empty; describe an object, e.g. dreamfusion generate \"a red chair\"")
+    check_prompt(prior, cleaned)
     return cleaned
 
 
@@ -354,8 +376,6 @@ def write_outputs(trainer: Trainer, run_dir: Path, only: set[str] | None = None)
     """The turntable, preview and mesh.glb of a trained run (``only``: just these files). A field with no
     surface (too few steps, or emptied) gets no mesh.glb, and run.log says why: never an empty file.
     Returns the names written and notes on what was skipped."""
-    from dreamfusion.export.mesh import MeshExportError, extract_mesh, write_mesh
-
     config = trainer.config
     wanted = set(only) if only is not None else {*TURNTABLE_FILES, "mesh.glb"}
     written: list[str] = []
@@ -419,3 +439,30 @@ def lock_for_writing(run_dir: Path, hint: str = "") -> RunLock:
     if not (run_dir / "config.yaml").is_file():  # checked first: no lock file appears in a folder that is no run
         raise RunError(f"{run_dir} is not a dreamfusion run (config.yaml and checkpoint.pt expected)")
     return lock_run(run_dir, hint)
+
+
+def export_run(
+    run_dir: Path,
+    format: MeshFormat | None = None,
+    device: str = "auto",
+    out: Path | None = None,
+    config: MeshExportConfig = MeshExportConfig(),
+) -> list[Path]:
+    """Extract the mesh of a run and write it to ``out`` (default RUN_DIR/mesh.FORMAT); returns the files
+    written. The format comes from ``out``'s suffix or ``format`` (see ``mesh_format``). Writing into the run
+    takes its writer lock, so a run that is being trained is not written into; writing elsewhere only reads it.
+
+    Raises RunError for a directory that is not a run (or is in use) and MeshExportError when no mesh can be
+    made.
+    """
+    run_dir = Path(run_dir)
+    fmt = mesh_format(format, out)
+    target = Path(out) if out is not None else run_dir / f"mesh.{fmt}"
+    if fmt == "ply" and not config.vertex_colors:
+        config = replace(config, vertex_colors=True)  # PLY has no textures: colours per vertex, no unwrapping
+    check_size("--resolution", config.resolution, lambda side: float(side) ** 3 * GRID_BYTES_PER_SAMPLE, "cpu")
+    into_run = run_dir.is_dir() and target.parent.resolve() == run_dir.resolve()
+    hint = "; or export while it trains with --out outside the run"
+    with lock_for_writing(run_dir, hint) if into_run else contextlib.nullcontext():
+        _, scene = load_scene(run_dir, device)
+        return write_mesh(extract_mesh(scene.field, config), target, fmt)

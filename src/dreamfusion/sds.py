@@ -20,11 +20,14 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from dreamfusion.cameras import VIEW_AZIMUTH_DEG, ViewLabel
+
 if TYPE_CHECKING:
     from dreamfusion.priors.base import DiffusionPrior
-    from dreamfusion.priors.base import PromptEmbeddings
 
 Weighting = Literal["sds", "uniform"]
+GuidanceMode = Literal["cfg", "perp_neg"]
+"""Classifier-free guidance, or Perp-Neg (the other views' prompts as negatives)."""
 
 
 def sample_timesteps(
@@ -85,39 +88,6 @@ def sds_loss(latents: Float[Tensor, "B C H W"], gradient: Float[Tensor, "B C H W
     return 0.5 * ((latents.float() - target.float()) ** 2).sum() / latents.shape[0]
 
 
-@dataclass(frozen=True)
-class GuidanceConfig:
-    """How the prior guides the render."""
-
-    guidance_scale: float | None = None
-    """Classifier-free guidance scale s (diffusers form). None uses the prior's default (100 for Stable Diffusion)."""
-    t_range: tuple[float, float] = (0.02, 0.98)
-    """Timestep range as fractions of the schedule, at the start of the run."""
-    t_range_end: tuple[float, float] | None = None
-    """If set, the range is annealed linearly to this one over the run (e.g. (0.02, 0.5) to refine detail)."""
-    weighting: Weighting = "sds"
-    """w(t): "sds" is 1 - alpha_bar_t, "uniform" is 1."""
-    negative_prompt: str = ""
-    """Prompt standing for the unconditional branch of guidance."""
-
-    def __post_init__(self) -> None:
-        if self.guidance_scale is not None and self.guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be non-negative, got {self.guidance_scale}")
-        for name in ("t_range", "t_range_end"):
-            value = getattr(self, name)
-            if value is not None and not 0.0 <= value[0] <= value[1] <= 1.0:
-                raise ValueError(f"guidance {name} must satisfy 0 <= low <= high <= 1, got {value}")
-
-    def t_range_at(self, progress: float) -> tuple[float, float]:
-        """The timestep range at ``progress`` in [0, 1] of the run."""
-        if self.t_range_end is None:
-            return self.t_range
-        return (
-            self.t_range[0] + (self.t_range_end[0] - self.t_range[0]) * progress,
-            self.t_range[1] + (self.t_range_end[1] - self.t_range[1]) * progress,
-        )
-
-
 @dataclass
 class SDSOutput:
     loss_sds: Float[Tensor, ""]
@@ -134,32 +104,39 @@ def score_distillation(
     t_range: tuple[float, float],
     weighting: Weighting,
     generator: torch.Generator,
+    negatives: Tensor | None = None,
+    negative_weights: Float[Tensor, "K B"] | None = None,
 ) -> SDSOutput:
-    """One SDS evaluation: noise the latents, denoise with and without text in one batch, guide, form the loss.
+    """One SDS evaluation: noise the latents, denoise with the text, without it and with each negative in one
+    batch, guide, form the loss.
 
-    Timesteps and noise are drawn on the CPU from ``generator`` so a run is reproducible on any device.
+    ``negatives`` (K x B embeddings, stacked along the batch) with ``negative_weights`` make it Perp-Neg
+    guidance; without them it is classifier-free guidance (Perp-Neg with no negatives). Timesteps and noise
+    are drawn on the CPU from ``generator`` so a run is reproducible on any device.
     """
     alphas_cumprod = prior.alphas_cumprod
     batch = latents.shape[0]
     timesteps = sample_timesteps(batch, t_range, alphas_cumprod.shape[0], generator)
     noise = torch.randn(latents.shape, generator=generator).to(latents)
     timesteps_device = timesteps.to(latents.device)
+    if negatives is None or negative_weights is None:
+        negatives = conditional.new_zeros((0, *conditional.shape))
+        negative_weights = latents.new_zeros((0, batch))
+    copies = 2 + negatives.shape[0]
+    context = torch.cat((conditional, unconditional, *negatives.unbind(0)))
     with torch.no_grad():
         noisy = add_noise(latents.detach(), noise, alphas_cumprod, timesteps_device)
-        eps = prior.predict_noise(
-            torch.cat((noisy, noisy)), torch.cat((timesteps_device, timesteps_device)), torch.cat((conditional, unconditional))
-        ).to(latents.dtype)
-        eps_text, eps_unconditional = eps.chunk(2)
-        guided = classifier_free_guidance(eps_unconditional, eps_text, guidance_scale)
+        eps = prior.predict_noise(torch.cat([noisy] * copies), timesteps_device.repeat(copies), context).to(latents.dtype)
+        parts = eps.chunk(copies)
+        guided = perp_neg_guidance(parts[1], parts[0], list(parts[2:]), negative_weights.to(latents.device), guidance_scale)
         gradient = sds_gradient(guided, noise, sds_weight(alphas_cumprod, timesteps_device, weighting))
     return SDSOutput(loss_sds=sds_loss(latents, gradient), gradient=gradient, timesteps=timesteps)
 
 
 # -- Perp-Neg (Armandpour et al. 2023, arXiv 2304.04968) ------------------------------------------------
 
-PERP_NEG_VIEWS: tuple[str, ...] = ("front", "side", "back")
-"""The view prompts that serve as Perp-Neg negatives, with their canonical azimuths in degrees below."""
-_PERP_NEG_AZIMUTH = {"front": 0.0, "side": 90.0, "back": 180.0}
+PERP_NEG_VIEWS: tuple[ViewLabel, ...] = ("front", "side", "back")
+"""The view prompts that serve as Perp-Neg negatives."""
 
 
 def _perpendicular(a: Tensor, b: Tensor) -> Tensor:
@@ -199,7 +176,7 @@ def perp_neg_guidance(
 
 
 def perp_neg_weights(
-    view_labels: tuple[str, ...], azimuth_deg: Float[Tensor, " B"], max_weights: tuple[float, float, float] = (2.0, 1.0, 1.0)
+    view_labels: tuple[ViewLabel, ...], azimuth_deg: Float[Tensor, " B"], max_weights: tuple[float, float, float] = (2.0, 1.0, 1.0)
 ) -> Float[Tensor, "3 B"]:
     """Weights of the negatives (front, side, back) for each camera, interpolated by azimuth.
 
@@ -210,7 +187,7 @@ def perp_neg_weights(
     azimuth = azimuth_deg.detach().float().cpu()
     rows = []
     for view, largest in zip(PERP_NEG_VIEWS, max_weights, strict=True):
-        canonical = torch.tensor(_PERP_NEG_AZIMUTH[view])
+        canonical = torch.tensor(VIEW_AZIMUTH_DEG[view])
         if view == "side":  # both sides share one prompt: use the nearer one
             distance = torch.minimum(_angle_between(azimuth, canonical), _angle_between(azimuth, -canonical))
         else:
@@ -223,43 +200,3 @@ def perp_neg_weights(
 
 def _angle_between(a: Tensor, b: Tensor) -> Tensor:
     return ((a - b + 180.0) % 360.0 - 180.0).abs()
-
-
-def perp_neg_score_distillation(
-    prior: DiffusionPrior,
-    latents: Float[Tensor, "B C H W"],
-    embeddings: PromptEmbeddings,
-    view_labels: tuple[str, ...],
-    azimuth_deg: Float[Tensor, " B"],
-    guidance_scale: float,
-    t_range: tuple[float, float],
-    weighting: Weighting,
-    generator: torch.Generator,
-    max_weights: tuple[float, float, float] = (2.0, 1.0, 1.0),
-    textureless: bool = False,
-) -> SDSOutput:
-    """``score_distillation`` with Perp-Neg guidance: the other views' prompts are negatives (see ``perp_neg_weights``).
-
-    Draws timesteps and noise exactly as ``score_distillation`` does (same generator calls), so with all
-    weights 0 the two give the same result. Negatives whose weight is 0 for the whole batch are not evaluated.
-    ``textureless``: positives and negatives both come from the prompts for textureless renders.
-    """
-    alphas_cumprod = prior.alphas_cumprod
-    batch = latents.shape[0]
-    timesteps = sample_timesteps(batch, t_range, alphas_cumprod.shape[0], generator)
-    noise = torch.randn(latents.shape, generator=generator).to(latents)
-    timesteps_device = timesteps.to(latents.device)
-    weights = perp_neg_weights(view_labels, azimuth_deg, max_weights).to(latents.device)
-    used = [k for k in range(len(PERP_NEG_VIEWS)) if bool((weights[k] != 0).any())]
-    conditional, unconditional = embeddings.for_views(view_labels, textureless)  # type: ignore[arg-type]
-    by_view = embeddings.views(textureless)
-    negatives = [by_view[PERP_NEG_VIEWS[k]].expand(batch, *conditional.shape[1:]) for k in used]  # type: ignore[index]
-    context = torch.cat((conditional, unconditional, *negatives)).to(latents.device)
-    copies = 2 + len(used)
-    with torch.no_grad():
-        noisy = add_noise(latents.detach(), noise, alphas_cumprod, timesteps_device)
-        eps = prior.predict_noise(torch.cat([noisy] * copies), timesteps_device.repeat(copies), context).to(latents.dtype)
-        parts = eps.chunk(copies)
-        guided = perp_neg_guidance(parts[1], parts[0], list(parts[2:]), weights[used], guidance_scale)
-        gradient = sds_gradient(guided, noise, sds_weight(alphas_cumprod, timesteps_device, weighting))
-    return SDSOutput(loss_sds=sds_loss(latents, gradient), gradient=gradient, timesteps=timesteps)

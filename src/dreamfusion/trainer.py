@@ -7,12 +7,11 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
@@ -21,12 +20,14 @@ from dreamfusion.distributed import DistributedContext, all_reduce_mean, gather_
 from dreamfusion.errors import TrainingError
 from dreamfusion.field import FieldOutput, NeRFField
 from dreamfusion.files import append_line, write_atomic
-from dreamfusion.priors.base import DiffusionPrior, PromptEmbeddings
+from dreamfusion.geometry import Geometry
+from dreamfusion.guidance import Guidance
+from dreamfusion.priors.base import DiffusionPrior
 from dreamfusion.regularizers import loss_opacity, loss_orientation
-from dreamfusion.renderer import RendererConfig, RenderOutput, SceneField, render
+from dreamfusion.renderer import RendererConfig, RenderOutput, render
 from dreamfusion.schedules import LearningRateSchedule, Ramp
-from dreamfusion.sds import perp_neg_score_distillation, score_distillation
-from dreamfusion.shading import Background, sample_shading_mode
+from dreamfusion.sds import SDSOutput
+from dreamfusion.shading import Background, ShadingMode, sample_shading_mode
 
 if TYPE_CHECKING:
     from dreamfusion.config import RunConfig
@@ -76,21 +77,48 @@ class TrainerConfig:
 
 @dataclass
 class StepMetrics:
+    """What one step did; ``record`` is its line of metrics.jsonl."""
+
     step: int
     loss: float
-    loss_sds: float
-    loss_orient: float
-    loss_opacity: float
+    """The weighted sum of ``losses``."""
+    losses: dict[str, float]
+    """Each ``loss_*`` before weighting."""
+    weights: dict[str, float]
+    """Each ``lambda_*`` that weighted the loss of the same name."""
     opacity: float
     """Mean opacity of the step's rendered views (near 0: the field shows nothing from there)."""
-    lambda_orient: float
-    lambda_opacity: float
     lr: float
     timestep: int
     shading: str
     grad_norm: float
     skipped: bool
     it_per_s: float
+
+    def record(self) -> dict[str, Any]:
+        """One flat mapping: step, loss, each loss_*, opacity, each lambda_*, then the rest."""
+        head = {"step": self.step, "loss": self.loss, **self.losses, "opacity": self.opacity, **self.weights}
+        tail = {name: getattr(self, name) for name in ("lr", "timestep", "shading", "grad_norm", "skipped", "it_per_s")}
+        return head | tail
+
+
+@dataclass
+class StepViews:
+    """The step's random views: its cameras and how they are shaded."""
+
+    cameras: CameraBatch
+    shading: ShadingMode
+
+
+@dataclass
+class AppliedStep:
+    """What applying a step's losses gave: the logged values (means over ranks) and whether it was skipped."""
+
+    loss: float
+    losses: dict[str, float]
+    opacity: float
+    grad_norm: float
+    skipped: bool
 
 
 @dataclass
@@ -171,7 +199,7 @@ class SceneRenderer(nn.Module):
         self._compiled = CompiledField(field) if compile_field else None
 
     @property
-    def render_field(self) -> SceneField:
+    def render_field(self) -> Geometry:
         """What training renders call: the compiled wrapper with ``compile_field``, else the field itself (kept
         out of the module's attributes, so the field is registered once)."""
         return self.field if self._compiled is None else self._compiled
@@ -190,6 +218,7 @@ class CompiledField:
         if field.config.normals != "analytic":
             raise TrainingError(f"trainer.compile_field needs field.normals: analytic (got {field.config.normals})")
         self.config = field.config
+        self.bound = field.bound
         self._forward = torch.compile(field.forward, dynamic=True, backend=self.backend)
 
     def __call__(self, x: Float[Tensor, "N 3"], with_normals: bool = False) -> FieldOutput:
@@ -240,9 +269,7 @@ class Trainer:
         self.skipped_steps = 0
         self.nonfinite_in_row = 0
         self.last_checkpoint_step: int | None = None
-        self.embeddings: PromptEmbeddings = prior.encode_prompt(config.prompt, config.guidance.negative_prompt).to(device)
-        scale = config.guidance.guidance_scale
-        self.guidance_scale = prior.default_guidance_scale if scale is None else scale
+        self.guidance = Guidance(config.guidance, prior, config.prompt, device, self._autocast)
 
     # -- one step -------------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -253,76 +280,88 @@ class Trainer:
         return torch.autocast("cuda", dtype=dtype)
 
     def train_step(self, cameras: CameraBatch | None = None) -> StepMetrics:
-        """One optimization step; a step whose loss or gradient is not finite (on any rank) is skipped and
-        counted. ``cameras`` replaces this step's random cameras (for tests and benchmarks).
-        """
-        config, trainer = self.config, self.config.trainer
+        """One optimization step: sample views -> render -> guidance losses -> regularizer losses -> apply.
+        A step whose loss or gradient is not finite (on any rank) is skipped and counted. ``cameras`` replaces
+        this step's random cameras (for tests and benchmarks)."""
         started = time.perf_counter()
         step = self.step
+        lr = self._set_learning_rate(step)
+        weights = self._loss_weights(step)
+        views = self._sample_views(cameras)
+        out = self._render(views, with_normals=weights["lambda_orient"] > 0)
+        guidance = self._guidance_losses(out, views, step)
+        losses = {"loss_sds": guidance.loss_sds, **self._regularizer_losses(out, weights)}
+        applied = self._apply(losses, weights, out)
+        self.step += 1
+        elapsed = time.perf_counter() - started
+        return StepMetrics(
+            step=step,
+            loss=applied.loss,
+            losses=applied.losses,
+            weights=weights,
+            opacity=applied.opacity,
+            lr=lr,
+            timestep=int(guidance.timesteps[0]),
+            shading=views.shading,
+            grad_norm=applied.grad_norm,
+            skipped=applied.skipped,
+            it_per_s=1.0 / elapsed if elapsed > 0 else math.inf,
+        )
+
+    def _set_learning_rate(self, step: int) -> float:
+        """The schedule's factor on each group's base rate; returns the field's rate."""
+        trainer = self.config.trainer
         factor = trainer.lr_schedule.factor(step, trainer.iters)
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
+        return trainer.lr * factor
 
+    def _loss_weights(self, step: int) -> dict[str, float]:
+        """Every ``lambda_*`` of the trainer config at ``step``; it weights the ``loss_*`` of the same name."""
+        trainer = self.config.trainer
+        return {f.name: getattr(trainer, f.name)(step) for f in fields(trainer) if f.name.startswith("lambda_")}
+
+    def _sample_views(self, cameras: CameraBatch | None) -> StepViews:
+        config = self.config
         if cameras is None:
-            cameras = sample_cameras(config.camera, trainer.batch_size, self.rng.host)
-        cameras = cameras.to(self.device)
-        shading = sample_shading_mode(config.shading, step, self.rng.host)
-        lambda_orient = trainer.lambda_orient(step)
-        lambda_opacity = trainer.lambda_opacity(step)
+            cameras = sample_cameras(config.camera, config.trainer.batch_size, self.rng.host)
+        shading = sample_shading_mode(config.shading, self.step, self.rng.host)
+        return StepViews(cameras.to(self.device), shading)
+
+    def _render(self, views: StepViews, with_normals: bool) -> RenderOutput:
+        config = self.config
         out = self.renderer(
-            cameras,
+            views.cameras,
             config.renderer,
-            shading=shading,
+            shading=views.shading,
             ambient=config.shading.ambient,
             diffuse=config.shading.diffuse,
-            with_normals=lambda_orient > 0,
+            with_normals=with_normals,
             training=True,
             host_generator=self.rng.host,
             device_generator=self.rng.device,
         )
-        out = RenderOutput(**out)
-        rgb = out.rgb.permute(0, 3, 1, 2)
-        if rgb.shape[-1] != self.prior.resolution:
-            rgb = F.interpolate(rgb, size=(self.prior.resolution,) * 2, mode="bilinear", align_corners=False)
-        conditional, unconditional = self.embeddings.for_views(cameras.view_labels, textureless=shading == "textureless")
-        progress = step / max(trainer.iters - 1, 1)
-        with self._autocast():
-            latents = self.prior.encode_images(rgb)
-            if getattr(self.prior, "perp_neg", False):
-                # Perp-Neg needs each camera's azimuth to weight the other views' prompts as negatives.
-                sds = perp_neg_score_distillation(
-                    self.prior,
-                    latents,
-                    self.embeddings,
-                    cameras.view_labels,
-                    cameras.azimuth,
-                    self.guidance_scale,
-                    config.guidance.t_range_at(progress),
-                    config.guidance.weighting,
-                    self.rng.host,
-                    max_weights=self.prior.perp_neg_weights,  # type: ignore[attr-defined]
-                    textureless=shading == "textureless",
-                )
-            else:
-                sds = score_distillation(
-                    self.prior,
-                    latents,
-                    conditional,
-                    unconditional,
-                    self.guidance_scale,
-                    config.guidance.t_range_at(progress),
-                    config.guidance.weighting,
-                    self.rng.host,
-                )
-        orient = loss_orientation(out) if lambda_orient > 0 else torch.zeros((), device=self.device)
-        opacity = loss_opacity(out)
-        loss = sds.loss_sds + lambda_orient * orient + lambda_opacity * opacity
+        return RenderOutput(**out)
 
+    def _guidance_losses(self, out: RenderOutput, views: StepViews, step: int) -> SDSOutput:
+        progress = step / max(self.config.trainer.iters - 1, 1)
+        return self.guidance(out.rgb, views.cameras, views.shading == "textureless", progress, self.rng.host)
+
+    def _regularizer_losses(self, out: RenderOutput, weights: dict[str, float]) -> dict[str, Tensor]:
+        # Orientation needs normals, which are rendered only while its weight is non-zero.
+        orient = loss_orientation(out) if weights["lambda_orient"] > 0 else torch.zeros((), device=self.device)
+        return {"loss_orient": orient, "loss_opacity": loss_opacity(out)}
+
+    def _apply(self, losses: dict[str, Tensor], weights: dict[str, float], out: RenderOutput) -> AppliedStep:
+        """Weight the losses by name (a loss without a ``lambda_*`` has weight 1), backpropagate, and take the
+        optimizer step unless the loss or gradient is not finite on some rank."""
+        loss = sum(weights.get("lambda_" + name.removeprefix("loss_"), 1.0) * value for name, value in losses.items())
+        assert isinstance(loss, Tensor)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        parts = torch.stack([loss, sds.loss_sds, orient, opacity, out.opacity.mean()]).detach().float()
+        parts = torch.stack([loss, *losses.values(), out.opacity.mean()]).detach().float()
         nonfinite = (~(torch.isfinite(loss) & torch.isfinite(grad_norm))).float()
         if self.context.distributed:
             # One small all-reduce: the losses of the log become means over ranks, and a step that is not
@@ -337,24 +376,13 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.skipped_steps += 1
             self.nonfinite_in_row += 1
-        self.step += 1
-        elapsed = time.perf_counter() - started
-        logged_loss, logged_sds, logged_orient, logged_opacity, mean_opacity = parts.tolist()
-        return StepMetrics(
-            step=step,
-            loss=logged_loss,
-            loss_sds=logged_sds,
-            loss_orient=logged_orient,
-            loss_opacity=logged_opacity,
-            opacity=mean_opacity,
-            lambda_orient=lambda_orient,
-            lambda_opacity=lambda_opacity,
-            lr=trainer.lr * factor,
-            timestep=int(sds.timesteps[0]),
-            shading=shading,
+        logged = parts.tolist()
+        return AppliedStep(
+            loss=logged[0],
+            losses=dict(zip(losses, logged[1:-1], strict=True)),
+            opacity=logged[-1],
             grad_norm=float(grad_norm),
             skipped=not finite,
-            it_per_s=1.0 / elapsed if elapsed > 0 else math.inf,
         )
 
     # -- the loop -------------------------------------------------------------------------------
@@ -381,7 +409,7 @@ class Trainer:
             if metrics.step % trainer.log_every == 0 or self.step == end:
                 result.history.append(metrics)
                 if run_dir is not None and self.context.is_main:
-                    append_line(run_dir / "metrics.jsonl", json.dumps(asdict(metrics)))
+                    append_line(run_dir / "metrics.jsonl", json.dumps(metrics.record()))
             if on_step is not None:
                 on_step(metrics)
             # No checkpoint while steps fail: the last one written stays the last good state.
@@ -433,13 +461,13 @@ class Trainer:
 
     def load_checkpoint(self, path: Path) -> None:
         """Restore a checkpoint written by ``save_checkpoint`` for the same run config."""
-        from dreamfusion.typed_config import ConfigError, differing_keys, from_dict, to_dict
+        from dreamfusion.typed_config import ConfigError, differing_keys, to_dict
 
         state = read_checkpoint(path)
         # Only the number of iterations may change on resume (to extend a run). The saved config is read as
-        # this run's config class, so settings added since it was written take their defaults.
+        # this run's config class reads a saved one, so settings added since it was written take their defaults.
         try:
-            saved = to_dict(from_dict(type(self.config), state.get("config") or {}))
+            saved = to_dict(type(self.config).from_saved(state.get("config") or {}))
         except ConfigError as error:
             raise TrainingError(f"{path} was written by a run with another config ({error})") from None
         changed = differing_keys(saved, to_dict(self.config), ignore=("trainer.iters",))

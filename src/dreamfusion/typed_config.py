@@ -72,7 +72,12 @@ def merge(config: T, overrides: dict[str, Any], path: str = "") -> T:
         if key not in names:
             raise ConfigError(f"unknown config key: {dotted} (known here: {', '.join(sorted(names))})")
         current = getattr(config, key)
-        if isinstance(value, dict) and dataclasses.is_dataclass(current):
+        switches = (
+            isinstance(value, dict)
+            and _tagged_options(hints[key]) is not None
+            and value.get("name", getattr(current, "name", None)) != getattr(current, "name", None)
+        )
+        if isinstance(value, dict) and dataclasses.is_dataclass(current) and not switches:
             changes[key] = merge(current, value, dotted)
         else:
             changes[key] = _convert(hints[key], value, dotted)
@@ -94,6 +99,9 @@ def _convert(hint: Any, value: Any, path: str) -> Any:
         if value not in get_args(hint):
             raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(repr, get_args(hint)))}")
         return value
+    tagged = _tagged_options(hint)
+    if tagged is not None:
+        return _convert_tagged(tagged, value, path)
     if origin in (Union, types.UnionType):
         options = get_args(hint)
         if value is None:
@@ -139,6 +147,34 @@ def _convert(hint: Any, value: Any, path: str) -> Any:
         return value
     raise ConfigError(f"{path}: unsupported config type {hint!r}")
 
+
+
+def _tagged_options(hint: Any) -> dict[str, type] | None:
+    """For a union of config dataclasses told apart by a ``name: Literal[...]`` field (e.g. the priors'
+    configs): each name and its class. None for any other type."""
+    if get_origin(hint) not in (Union, types.UnionType):
+        return None
+    tags: dict[str, type] = {}
+    for option in get_args(hint):
+        if not dataclasses.is_dataclass(option):
+            return None
+        name_hint = get_type_hints(option).get("name")
+        if get_origin(name_hint) is not Literal:
+            return None
+        tags.update(dict.fromkeys(get_args(name_hint), option))
+    return tags
+
+
+def _convert_tagged(tags: dict[str, type], value: Any, path: str) -> Any:
+    """The class ``value["name"]`` picks (the first one when no name is given) built from ``value``."""
+    if dataclasses.is_dataclass(value) and type(value) in tags.values():
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: expected a mapping, got {_short(value)}")
+    name = value.get("name", next(iter(tags)))
+    if not isinstance(name, str) or name not in tags:
+        raise ConfigError(f"{path}.name: {name!r} is not one of {', '.join(map(repr, tags))}")
+    return from_dict(tags[name], value, path)
 
 
 def _short(value: Any) -> str:

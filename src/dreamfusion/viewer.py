@@ -104,8 +104,8 @@ def _mesh_bytes(run_dir: Path, device: str, resolution: int) -> tuple[bytes | No
         return existing.read_bytes(), None
     if not (run_dir / "checkpoint.pt").is_file():
         return None, "no checkpoint.pt: nothing to show in 3D"
-    from dreamfusion.export.mesh import MeshExportConfig, MeshExportError, export_run
-    from dreamfusion.run import RunError
+    from dreamfusion.export.mesh import MeshExportConfig, MeshExportError
+    from dreamfusion.run import RunError, export_run
 
     with tempfile.TemporaryDirectory(prefix="dreamfusion-view-") as tmp:
         try:

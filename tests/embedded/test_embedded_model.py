@@ -2,6 +2,7 @@ import dataclasses
 
 import pytest
 import torch
+from embedded_helpers import TINY_MODEL
 
 from dreamfusion.embedded import schedule
 from dreamfusion.embedded.model import (
@@ -13,8 +14,6 @@ from dreamfusion.embedded.model import (
 )
 from dreamfusion.embedded.vocabulary import tokenize, unconditional_tokens
 from dreamfusion.priors.base import PriorError
-
-from embedded_helpers import TINY_MODEL
 
 
 def test_cosine_schedule_is_decreasing_inside_zero_one() -> None:

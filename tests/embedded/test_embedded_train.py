@@ -7,7 +7,9 @@ from embedded_helpers import TINY_MODEL, fake_batch
 
 from dreamfusion.embedded import vocabulary as vocab
 from dreamfusion.embedded.model import load_weights, read_config
-from dreamfusion.embedded.train import TrainPriorConfig, caption_tokens, check_captions, drop_slots, train_prior
+from dreamfusion.embedded.render_pool import check_captions
+from dreamfusion.embedded.train import TrainPriorConfig, drop_slots, train_prior
+from dreamfusion.embedded.vocabulary import caption_tokens
 
 
 def tiny_config(**changes) -> TrainPriorConfig:
@@ -77,6 +79,7 @@ def test_config_rejects_bad_numbers(change: dict) -> None:
         tiny_config(**change)
 
 
+@pytest.mark.slow
 def test_sample_sheet(tmp_path) -> None:
     from PIL import Image
 

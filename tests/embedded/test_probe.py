@@ -11,6 +11,7 @@ import torch
 
 from dreamfusion.cameras import VIEW_LABELS, cameras_from_angles
 from dreamfusion.embedded import probe as probe_module
+from dreamfusion.embedded.model import parameter_count
 from dreamfusion.embedded.probe import (
     SHIPPED_PROBE,
     VIEW_SYMMETRIC_KINDS,
@@ -20,7 +21,6 @@ from dreamfusion.embedded.probe import (
     ProbePrediction,
     augment,
     load_probe,
-    parameter_count,
     probe_loss,
     save_probe,
     train_probe,

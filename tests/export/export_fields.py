@@ -13,9 +13,10 @@ RED, BLUE, GREEN = (0.9, 0.1, 0.1), (0.1, 0.2, 0.9), (0.1, 0.8, 0.2)
 class AnalyticField(nn.Module):
     """A field given by formulas of the position, in the bounding sphere of the default FieldConfig."""
 
+    bound = FieldConfig().bound
+
     def __init__(self) -> None:
         super().__init__()
-        self.config = FieldConfig()
         self.anchor = nn.Parameter(torch.zeros(1))  # a parameter: where the field lives
 
     def albedo(self, x: torch.Tensor) -> torch.Tensor:

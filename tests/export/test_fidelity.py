@@ -11,12 +11,13 @@ import torch
 pytest.importorskip("skimage", reason="mesh export needs scikit-image")
 
 from export_fields import BLUE, RED, BallsField, SoftBall  # noqa: E402
+
 from dreamfusion.cameras import TurntableConfig, turntable_cameras  # noqa: E402
 from dreamfusion.export.fidelity import FIDELITY_CAMERAS, mesh_fidelity, mesh_occupancy, render_mesh  # noqa: E402
 from dreamfusion.export.mesh import MeshExportConfig, extract_mesh  # noqa: E402
 from dreamfusion.procedural.objects import grid_points  # noqa: E402
-from dreamfusion.export.video import Scene  # noqa: E402
 from dreamfusion.renderer import RendererConfig  # noqa: E402
+from dreamfusion.scene import Scene  # noqa: E402
 from dreamfusion.shading import ShadingConfig  # noqa: E402
 
 
@@ -24,7 +25,7 @@ def _scene(field) -> Scene:
     return Scene(field, None, RendererConfig(num_samples=128), ShadingConfig())  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("textured", [True, False])
+@pytest.mark.parametrize("textured", [pytest.param(True, marks=pytest.mark.slow), False])
 def test_the_mesh_of_a_ball_matches_its_field_in_outline_and_colour(textured: bool) -> None:
     field = SoftBall(peak=50.0, inside=RED, outside=BLUE, below=BLUE)
     # The fit sees the field through its grid, whose interpolation blurs a crisp edge by up to half a step
@@ -60,6 +61,7 @@ def test_render_mesh_draws_the_nearest_surface_in_its_colours() -> None:
     assert FIDELITY_CAMERAS.distance > 1.4  # the default views lie outside the bounding sphere
 
 
+@pytest.mark.slow
 def test_mesh_occupancy_is_the_inside_of_the_closed_surface() -> None:
     mesh = extract_mesh(BallsField([((0.2, -0.1, 0.1), 0.5)]), MeshExportConfig(resolution=64, threshold=20.0))
     occupied = mesh_occupancy(mesh, 32, 1.0)  # the textured mesh: seams split its vertices, not its surface

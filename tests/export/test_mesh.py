@@ -18,8 +18,15 @@ pytest.importorskip("skimage", reason="mesh export needs scikit-image")
 trimesh = pytest.importorskip("trimesh", reason="mesh export needs trimesh")
 
 from export_fields import BLUE, GREEN, RED, AnalyticField, BallsField, SoftBall  # noqa: E402
+
 from dreamfusion.export.mesh import (  # noqa: E402
-    Mesh, MeshExportConfig, MeshExportError, export_run, extract_mesh, read_mesh, to_trimesh, write_mesh,
+    Mesh,
+    MeshExportConfig,
+    MeshExportError,
+    extract_mesh,
+    read_mesh,
+    to_trimesh,
+    write_mesh,
 )  # fmt: skip
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,6 +66,7 @@ def test_a_soft_ball_below_any_fixed_level_gives_its_true_radius() -> None:
     assert to_trimesh(mesh).is_watertight
 
 
+@pytest.mark.slow
 def test_a_solid_in_coloured_haze_takes_its_colours_from_the_solid() -> None:
     # A thin blue haze (transparent: optical depth 0.3 across it) around a red ball.
     field = SoftBall(peak=200.0, radius=0.4, haze=0.15, inside=RED, outside=BLUE)
@@ -172,7 +180,8 @@ def test_empty_field_raises_and_writes_nothing(tmp_path: Path, monkeypatch: pyte
 
     # export_run on a run whose field is empty: an error, and no mesh file in the run directory.
     import dreamfusion.run
-    from dreamfusion.export.video import Scene
+    from dreamfusion.run import export_run
+    from dreamfusion.scene import Scene
 
     scene = Scene(BallsField(SPHERE, scale=0.0), None, None, None)  # type: ignore[arg-type]
     monkeypatch.setattr(dreamfusion.run, "load_scene", lambda run_dir, device: (None, scene))
@@ -242,8 +251,9 @@ def test_parse_panels() -> None:
 
 def test_every_panel_renders_and_depth_is_consistent_across_chunks() -> None:
     from dreamfusion.cameras import TurntableConfig, turntable_cameras
-    from dreamfusion.export.video import PANELS, Scene, render_panels
+    from dreamfusion.export.video import PANELS, render_panels
     from dreamfusion.renderer import RendererConfig
+    from dreamfusion.scene import Scene
     from dreamfusion.shading import Background, BackgroundConfig, ShadingConfig
 
     field = BallsField([((0.0, 0.0, 0.0), 0.4)], scale=10.0)

@@ -6,12 +6,19 @@ import math
 
 import pytest
 import torch
+from export_fields import BallsField, SoftBall
 
 from dreamfusion.export.surface import (
-    COARSE_STEP, fine_resolution, fit_level, near_surface, ray_profiles, sample_coarse, sample_near_surface, solidify,
+    COARSE_STEP,
+    fine_resolution,
+    fit_level,
+    near_surface,
+    ray_profiles,
+    sample_coarse,
+    sample_near_surface,
+    solidify,
 )  # fmt: skip
 from dreamfusion.procedural.objects import grid_points
-from export_fields import BallsField, SoftBall
 
 
 def _ball_grid(radius: float, peak: float, resolution: int = 64, bound: float = 1.4) -> torch.Tensor:

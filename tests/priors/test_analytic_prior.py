@@ -1,10 +1,12 @@
 import pytest
 import torch
 
-from dreamfusion.priors import PriorConfig, PriorError, build_prior
+from dreamfusion.guidance import Guidance, GuidanceConfig
+from dreamfusion.priors import PriorError, build_prior, prior_config
 from dreamfusion.priors.analytic import AnalyticPrior, AnalyticPriorConfig
 from dreamfusion.priors.base import DiffusionPrior
 from dreamfusion.sds import add_noise
+from dreamfusion.typed_config import ConfigError
 
 
 def test_analytic_prior_satisfies_the_protocol_and_predicts_the_true_noise() -> None:
@@ -21,14 +23,16 @@ def test_analytic_prior_satisfies_the_protocol_and_predicts_the_true_noise() -> 
     assert torch.allclose(prior.decode(prior.encode_images(torch.full((1, 3, 8, 8), 0.25))), torch.full((1, 3, 8, 8), 0.25))
 
 
-def test_registry_builds_by_name_and_refuses_unknown_names() -> None:
-    assert build_prior(PriorConfig(name="analytic"), torch.device("cpu")).name == "analytic"
+def test_registry_builds_by_name_and_refuses_unknown_names_and_options() -> None:
+    assert build_prior(prior_config("analytic"), torch.device("cpu")).name == "analytic"
     with pytest.raises(PriorError, match="unknown prior"):
-        build_prior(PriorConfig(name="dalle"), torch.device("cpu"))  # type: ignore[arg-type]
-    with pytest.raises(PriorError, match="no weights"):
-        build_prior(PriorConfig(name="analytic", model="/tmp/x"), torch.device("cpu"))
+        prior_config("dalle")
+    # Each prior's config has only its own options: the analytic prior has no weights.
+    with pytest.raises(ConfigError, match="unknown config key in prior: model"):
+        prior_config("analytic", model="/tmp/x")
 
 
 def test_perp_neg_is_refused_where_it_does_not_apply() -> None:
+    prior = build_prior(prior_config("analytic"), torch.device("cpu"))
     with pytest.raises(PriorError, match="Perp-Neg"):
-        build_prior(PriorConfig(name="analytic", perp_neg=True), torch.device("cpu"))
+        Guidance(GuidanceConfig(mode="perp_neg"), prior, "a ball", torch.device("cpu"))

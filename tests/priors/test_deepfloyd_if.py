@@ -13,10 +13,11 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
 from helpers import TINY_OVERRIDES  # noqa: E402
-from dreamfusion.cli import app  # noqa: E402
-from dreamfusion.priors import PriorConfig, PriorError, build_prior  # noqa: E402
-from dreamfusion.sds import score_distillation  # noqa: E402
 from tiny_diffusers import make_tiny_if, write_sentencepiece_tokenizer  # noqa: E402
+
+from dreamfusion.cli import app  # noqa: E402
+from dreamfusion.priors import PriorError, build_prior, prior_config  # noqa: E402
+from dreamfusion.sds import score_distillation  # noqa: E402
 
 CPU = torch.device("cpu")
 runner = CliRunner()
@@ -40,7 +41,7 @@ def _reference_embeddings(path: Path, texts: list[str]) -> torch.Tensor:
 def test_sds_uses_the_noise_half_and_matches_diffusers_reference(if_dir: Path) -> None:
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
-    prior = build_prior(PriorConfig(name="if", model=str(if_dir)), CPU)
+    prior = build_prior(prior_config("if", model=str(if_dir)), CPU)
     assert (prior.resolution, prior.latent_shape, prior.default_guidance_scale, prior.sampling_guidance_scale) == (16, (3, 16, 16), 20.0, 7.0)
     embeddings = prior.encode_prompt("a red chair")
     assert prior._text_encoder is None  # freed once the prompts are embedded
@@ -79,7 +80,7 @@ def test_sentencepiece_tokenizer_as_if_ships_it(if_dir: Path, tmp_path: Path) ->
     spm_dir = tmp_path / "if_spm"
     shutil.copytree(if_dir, spm_dir)
     write_sentencepiece_tokenizer(spm_dir / "tokenizer")
-    prior = build_prior(PriorConfig(name="if", model=str(spm_dir)), CPU)
+    prior = build_prior(prior_config("if", model=str(spm_dir)), CPU)
     embeddings = prior.encode_prompt("a red chair")
     assert embeddings.by_view["side"].shape == (1, 77, 16)
     assert not torch.allclose(embeddings.by_view["side"], embeddings.by_view["front"])
@@ -123,7 +124,7 @@ def test_missing_weights_are_one_line_errors(case: str, if_dir: Path, tmp_path: 
     expected = {"unset": "--model is required for --prior if", "missing": "no model folder at", "partial": "missing text_encoder/"}[case]
     assert expected in text, text
     with pytest.raises(PriorError) as error:
-        build_prior(PriorConfig(name="if", model=None if case == "unset" else model[1]), CPU)
+        build_prior(prior_config("if", model=None if case == "unset" else model[1]), CPU)
     assert "\n" not in str(error.value)
 
 
@@ -135,4 +136,4 @@ def test_corrupt_weights_name_the_component(if_dir: Path, tmp_path: Path) -> Non
     for weights in (bad / "unet").glob("*.safetensors"):
         weights.write_bytes(b"not a safetensors file")
     with pytest.raises(PriorError, match="cannot load the U-Net from"):
-        build_prior(PriorConfig(name="if", model=str(bad)), CPU)
+        build_prior(prior_config("if", model=str(bad)), CPU)

@@ -22,7 +22,7 @@ def tiny_weights(tmp_path_factory) -> str:
 
 
 def test_protocol_is_satisfied_without_loading(tiny_weights: str) -> None:
-    prior = EmbeddedPrior(EmbeddedPriorConfig(weights=tiny_weights))
+    prior = EmbeddedPrior(EmbeddedPriorConfig(model=tiny_weights))
     assert isinstance(prior, DiffusionPrior)
     assert prior._model is None  # construction and the schedule read only the file's metadata
     assert prior.alphas_cumprod.shape == (1000,) and prior._model is None
@@ -31,12 +31,12 @@ def test_protocol_is_satisfied_without_loading(tiny_weights: str) -> None:
 
 def test_missing_weights_say_how_to_get_them(tmp_path) -> None:
     with pytest.raises(PriorError, match="dreamfusion train-prior") as error:
-        EmbeddedPrior(EmbeddedPriorConfig(weights=str(tmp_path / "none.safetensors")))
+        EmbeddedPrior(EmbeddedPriorConfig(model=str(tmp_path / "none.safetensors")))
     assert "\n" not in str(error.value)
 
 
 def test_encode_prompt(tiny_weights: str) -> None:
-    prior = EmbeddedPrior(EmbeddedPriorConfig(weights=tiny_weights))
+    prior = EmbeddedPrior(EmbeddedPriorConfig(model=tiny_weights))
     embeddings = prior.encode_prompt("The Red Chair.")
     assert set(embeddings.by_view) == set(VIEW_LABELS)
     assert embeddings.unconditional.shape == embeddings.by_view["front"].shape == (1, TINY.max_tokens, TINY.text_dim)
@@ -52,7 +52,7 @@ def test_encode_prompt(tiny_weights: str) -> None:
 
 
 def test_textureless_renders_are_conditioned_without_the_colour(tiny_weights: str) -> None:
-    prior = EmbeddedPrior(EmbeddedPriorConfig(weights=tiny_weights))
+    prior = EmbeddedPrior(EmbeddedPriorConfig(model=tiny_weights))
     red, blue, plain = (prior.encode_prompt(p) for p in ("a red chair", "a blue chair", "a chair"))
     assert red.textureless_by_view is not None
     for label in VIEW_LABELS:
@@ -65,7 +65,7 @@ def test_textureless_renders_are_conditioned_without_the_colour(tiny_weights: st
 
 
 def test_images_noise_and_sds(tiny_weights: str) -> None:
-    prior = EmbeddedPrior(EmbeddedPriorConfig(weights=tiny_weights))
+    prior = EmbeddedPrior(EmbeddedPriorConfig(model=tiny_weights))
     rgb = torch.rand(2, 3, 32, 32, requires_grad=True)
     latents = prior.encode_images(rgb)
     assert latents.shape == (2, 3, 64, 64) and latents.min() >= -1 and latents.max() <= 1
@@ -81,7 +81,7 @@ def test_images_noise_and_sds(tiny_weights: str) -> None:
 
 
 def test_ddim_sample_tiny(tiny_weights: str) -> None:
-    prior = EmbeddedPrior(EmbeddedPriorConfig(weights=tiny_weights))
+    prior = EmbeddedPrior(EmbeddedPriorConfig(model=tiny_weights))
     images = ddim_sample(prior, prior.encode_prompt("a green cone"), num_images=2, steps=4, guidance_scale=4.0)
     assert images.shape == (2, 3, 64, 64) and torch.isfinite(images).all()
     assert images.min() >= 0 and images.max() <= 1
@@ -101,33 +101,34 @@ def test_shipped_weights_sample() -> None:
 def test_registry_builds_from_a_file_or_its_folder(tiny_weights: str) -> None:
     from pathlib import Path
 
-    from dreamfusion.priors import PriorConfig, build_prior
+    from dreamfusion.priors import build_prior, prior_config
 
     for model in (tiny_weights, str(Path(tiny_weights).parent)):
-        prior = build_prior(PriorConfig(name="embedded", model=model), torch.device("cpu"))
+        prior = build_prior(prior_config("embedded", model=model), torch.device("cpu"))
         assert isinstance(prior, EmbeddedPrior) and prior.path == Path(tiny_weights)
 
 
-def test_perp_neg_from_the_registry_and_on_textureless_renders() -> None:
-    from dreamfusion.priors import PriorConfig, build_prior
+def test_perp_neg_by_default_and_on_textureless_renders() -> None:
+    from dreamfusion.cameras import cameras_from_angles
+    from dreamfusion.guidance import Guidance, GuidanceConfig
+    from dreamfusion.priors import build_prior, prior_config
     from dreamfusion.priors.base import PromptEmbeddings
-    from dreamfusion.sds import perp_neg_score_distillation
 
     if not SHIPPED_WEIGHTS.is_file():
         pytest.skip("shipped weights not present (a randomly initialized model ignores the text)")
-    prior = build_prior(PriorConfig(name="embedded", perp_neg=True), torch.device("cpu"))
-    assert prior.perp_neg and prior.perp_neg_weights == (2.0, 1.0, 1.0)
-    with pytest.raises(PriorError, match="Perp-Neg"):
-        build_prior(PriorConfig(name="analytic", perp_neg=True), torch.device("cpu"))
+    prior = build_prior(prior_config("embedded"), torch.device("cpu"))
+    guidance = Guidance(GuidanceConfig(), prior, "a red chair", torch.device("cpu"))
+    assert guidance.mode == "perp_neg"  # the embedded prior's own choice under mode "auto"
 
-    red = prior.encode_prompt("a red chair")
+    red = guidance.embeddings
     colourless = PromptEmbeddings(by_view=red.textureless_by_view, unconditional=red.unconditional)
-    latents = torch.rand(2, 3, 64, 64) * 2 - 1
-    labels, azimuth = ("side", "back"), torch.tensor([90.0, 180.0])
+    rgb = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    n = torch.ones(2)
+    cameras = cameras_from_angles(n * 15, torch.tensor([90.0, 180.0]), n * 1.2, n, 8)
 
     def perp(embeddings: PromptEmbeddings, textureless: bool) -> torch.Tensor:
-        return perp_neg_score_distillation(prior, latents, embeddings, labels, azimuth, 30.0, (0.02, 0.98), "sds",
-                                           torch.Generator().manual_seed(0), textureless=textureless).gradient
+        guidance.embeddings = embeddings
+        return guidance(rgb, cameras, textureless, 0.0, torch.Generator().manual_seed(0)).gradient
 
     # Textureless: positives and negatives are the colourless prompts, nothing of the coloured ones.
     torch.testing.assert_close(perp(red, textureless=True), perp(colourless, textureless=False))

@@ -2,14 +2,8 @@
 
 import torch
 
-from dreamfusion.priors import PriorConfig, build_prior
-from dreamfusion.sds import (
-    classifier_free_guidance,
-    perp_neg_guidance,
-    perp_neg_score_distillation,
-    perp_neg_weights,
-    score_distillation,
-)
+from dreamfusion.priors import build_prior, prior_config
+from dreamfusion.sds import classifier_free_guidance, perp_neg_guidance, perp_neg_weights, score_distillation
 
 
 def test_perp_neg_guidance_numbers() -> None:
@@ -43,16 +37,18 @@ def test_perp_neg_weights_by_azimuth() -> None:
     torch.testing.assert_close(weights, expected)
 
 
-def test_perp_neg_sds_matches_sds_with_zero_weights() -> None:
-    prior = build_prior(PriorConfig(name="analytic"), torch.device("cpu"))
+def test_score_distillation_with_zero_weight_negatives_is_cfg() -> None:
+    """Classifier-free guidance is Perp-Neg with no negatives: zero-weight negatives change nothing."""
+    prior = build_prior(prior_config("analytic"), torch.device("cpu"))
     embeddings = prior.encode_prompt("a ball")
-    latents = torch.rand(2, 3, 64, 64) * 2 - 1
-    labels = ("front", "back")
-    cond, uncond = embeddings.for_views(labels)
+    latents = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    cond, uncond = embeddings.for_views(("front", "back"))
     plain = score_distillation(prior, latents, cond, uncond, 20.0, (0.02, 0.98), "sds", torch.Generator().manual_seed(3))
-    perp = perp_neg_score_distillation(
-        prior, latents, embeddings, labels, torch.tensor([0.0, 180.0]), 20.0, (0.02, 0.98), "sds",
-        torch.Generator().manual_seed(3), max_weights=(0.0, 0.0, 0.0),
-    )
+    negatives = torch.stack([torch.rand_like(cond), torch.rand_like(cond)])
+    perp = score_distillation(prior, latents, cond, uncond, 20.0, (0.02, 0.98), "sds", torch.Generator().manual_seed(3),
+                              negatives, torch.zeros(2, 2))
     torch.testing.assert_close(perp.timesteps, plain.timesteps)
     torch.testing.assert_close(perp.gradient, plain.gradient)
+    weighted = score_distillation(prior, latents, cond, uncond, 20.0, (0.02, 0.98), "sds", torch.Generator().manual_seed(3),
+                                  negatives, torch.ones(2, 2))
+    assert not torch.allclose(weighted.gradient, plain.gradient)

@@ -16,11 +16,12 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
 from helpers import TINY_OVERRIDES  # noqa: E402
+from tiny_diffusers import make_tiny_sd  # noqa: E402
+
 from dreamfusion.cli import app  # noqa: E402
-from dreamfusion.priors import PriorConfig, PriorError, build_prior  # noqa: E402
+from dreamfusion.priors import PriorError, build_prior, prior_config  # noqa: E402
 from dreamfusion.priors.stable_diffusion import StableDiffusionPrior, StableDiffusionPriorConfig  # noqa: E402
 from dreamfusion.sds import score_distillation  # noqa: E402
-from tiny_diffusers import make_tiny_sd  # noqa: E402
 
 CPU = torch.device("cpu")
 runner = CliRunner()
@@ -44,7 +45,7 @@ def _reference_embeddings(path: Path, texts: list[str]) -> torch.Tensor:
 def test_sds_gradient_matches_diffusers_reference(sd_dir: Path) -> None:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
-    prior = build_prior(PriorConfig(name="sd", model=str(sd_dir)), CPU)
+    prior = build_prior(prior_config("sd", model=str(sd_dir)), CPU)
     assert (prior.resolution, prior.latent_shape, prior.default_guidance_scale) == (64, (4, 8, 8), 100.0)
     assert prior.sampling_guidance_scale == 7.5
     embeddings = prior.encode_prompt("a red chair")
@@ -90,7 +91,7 @@ def test_text_encoder_is_frozen_cached_and_released(sd_dir: Path) -> None:
     again = kept.encode_prompt("a red chair")  # cached: no reload
     assert kept._text_encoder is None
     torch.testing.assert_close(again.by_view["front"], first.by_view["front"])
-    prior = build_prior(PriorConfig(name="sd", model=str(sd_dir)), CPU)
+    prior = build_prior(prior_config("sd", model=str(sd_dir)), CPU)
     other = prior.encode_prompt("a blue ball", "blurry")  # released by default after encoding
     assert prior._text_encoder is None
     assert other.by_view["back"].shape == (1, 16, 16)
@@ -102,8 +103,8 @@ def test_v_prediction_is_converted_to_epsilon(sd_dir: Path, tmp_path: Path) -> N
     shutil.copytree(sd_dir, v_dir)
     config_path = v_dir / "scheduler" / "scheduler_config.json"
     config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "prediction_type": "v_prediction"}))
-    eps_prior = build_prior(PriorConfig(name="sd", model=str(sd_dir)), CPU)
-    v_prior = build_prior(PriorConfig(name="sd", model=str(v_dir)), CPU)
+    eps_prior = build_prior(prior_config("sd", model=str(sd_dir)), CPU)
+    v_prior = build_prior(prior_config("sd", model=str(v_dir)), CPU)
     context = eps_prior.encode_prompt("a red chair").by_view["front"]
     x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     t = torch.tensor([600])
@@ -162,7 +163,7 @@ def test_missing_weights_are_one_line_errors(case: str, sd_dir: Path, tmp_path: 
                 "partial": "missing vae/"}[case]
     assert expected in text, text
     with pytest.raises(PriorError) as error:
-        build_prior(PriorConfig(name="sd", model=None if case == "unset" else model[1]), CPU)
+        build_prior(prior_config("sd", model=None if case == "unset" else model[1]), CPU)
     assert "\n" not in str(error.value)
 
 
@@ -170,7 +171,7 @@ def test_uncached_model_id_is_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(PriorError, match="not a model in the local Hugging Face cache|neither a folder nor a model"):
-        build_prior(PriorConfig(name="sd", model="stabilityai/stable-diffusion-2-1-base"), CPU)
+        build_prior(prior_config("sd", model="stabilityai/stable-diffusion-2-1-base"), CPU)
 
 
 def test_missing_diffusers_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -178,41 +179,44 @@ def test_missing_diffusers_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setitem(sys.modules, "diffusers", None)
     with pytest.raises(PriorError, match=r"pip install 'dreamfusion\[diffusers\]'") as error:
-        build_prior(PriorConfig(name="sd", model="somewhere"), CPU)
+        build_prior(prior_config("sd", model="somewhere"), CPU)
     assert "\n" not in str(error.value)
 
 
 def test_perp_neg_sds_runs_on_sd(sd_dir: Path) -> None:
-    from dreamfusion.sds import perp_neg_score_distillation
+    from dreamfusion.cameras import cameras_from_angles
+    from dreamfusion.guidance import Guidance, GuidanceConfig
 
-    prior = StableDiffusionPrior(StableDiffusionPriorConfig(model=str(sd_dir), perp_neg=True), CPU)
-    assert prior.perp_neg and prior.perp_neg_weights == (2.0, 1.0, 1.0)
-    embeddings = prior.encode_prompt("a red chair")
-    latents = prior.encode_images(torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
-    labels, azimuth = ("side", "back"), torch.tensor([100.0, 200.0])
-    cond, uncond = embeddings.for_views(labels)
-    plain = score_distillation(prior, latents, cond, uncond, 100.0, (0.02, 0.98), "sds", torch.Generator().manual_seed(1))
-    zero = perp_neg_score_distillation(prior, latents, embeddings, labels, azimuth, 100.0, (0.02, 0.98), "sds",
-                                       torch.Generator().manual_seed(1), max_weights=(0.0, 0.0, 0.0))
-    perp = perp_neg_score_distillation(prior, latents, embeddings, labels, azimuth, 100.0, (0.02, 0.98), "sds",
-                                       torch.Generator().manual_seed(1), max_weights=prior.perp_neg_weights)
-    torch.testing.assert_close(zero.gradient, plain.gradient, rtol=1e-4, atol=1e-4)
-    assert not torch.allclose(perp.gradient, plain.gradient)
+    prior = StableDiffusionPrior(StableDiffusionPriorConfig(model=str(sd_dir)), CPU)
+    rgb = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    n = torch.ones(2)
+    cameras = cameras_from_angles(n * 15, torch.tensor([100.0, 200.0]), n * 1.2, n, 8)
+
+    def gradient(**options: object) -> torch.Tensor:
+        guidance = Guidance(GuidanceConfig(guidance_scale=100.0, **options), prior, "a red chair", CPU)  # type: ignore[arg-type]
+        return guidance(rgb, cameras, False, 0.0, torch.Generator().manual_seed(1)).gradient
+
+    plain = gradient()  # "auto" is classifier-free guidance for Stable Diffusion
+    zero = gradient(mode="perp_neg", perp_neg_weights=(0.0, 0.0, 0.0))
+    perp = gradient(mode="perp_neg")
+    torch.testing.assert_close(zero, plain, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(perp, plain)
 
 
 def test_generate_with_perp_neg_goes_through_the_trainer(sd_dir: Path, tiny_yaml: Path, tmp_path: Path) -> None:
     config = yaml.safe_load(tiny_yaml.read_text())
-    config["prior"] = {"perp_neg": True}
+    config["guidance"] = {"mode": "perp_neg"}
     tiny_yaml.write_text(yaml.safe_dump(config))
     out = tmp_path / "run"
     result = runner.invoke(app, ["generate", "a red chair", "--prior", "sd", "--model", str(sd_dir), "--config", str(tiny_yaml),
                                  "--iters", "2", "--out", str(out), "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    assert yaml.safe_load((out / "config.yaml").read_text())["prior"]["perp_neg"] is True
+    assert yaml.safe_load((out / "config.yaml").read_text())["guidance"]["mode"] == "perp_neg"
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["step"] == 1 and not json.loads(lines[-1])["skipped"]
 
 
+@pytest.mark.slow
 def test_speed_options_leave_the_sds_gradient_unchanged(sd_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # channels-last, VAE slicing and torch.compile of the U-Net and the VAE encoder (what --compile turns on)
     # change how the networks run, not what they compute. aot_eager: what torch.compile traces of the

@@ -2,7 +2,8 @@
 
 vocabulary.py (closed-domain tokenizer), text_encoder.py and unet.py (the networks), schedule.py (cosine
 schedule, v-prediction), model.py (the bundle and its safetensors format), train.py (training on procedural
-renders). The DiffusionPrior adapter lives in dreamfusion/priors/embedded.py.
+renders). probe.py trains a classifier of the same renders; both loops take their batches from render_pool.py
+and their time and step budget from budget.py. The DiffusionPrior adapter lives in dreamfusion/priors/embedded.py.
 """
 
 from dreamfusion.embedded.model import EmbeddedDiffusion, EmbeddedModelConfig, load_weights, save_weights

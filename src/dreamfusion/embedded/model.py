@@ -22,8 +22,8 @@ from dreamfusion.embedded import schedule
 from dreamfusion.embedded.text_encoder import TextEncoder
 from dreamfusion.embedded.unet import UNet
 from dreamfusion.embedded.vocabulary import MAX_TOKENS, TOKENS, VOCAB_SIZE
+from dreamfusion.errors import PriorError
 from dreamfusion.files import write_atomic
-from dreamfusion.priors.base import PriorError
 from dreamfusion.typed_config import from_dict, to_dict
 
 FORMAT = "dreamfusion-embedded-prior/1"

@@ -7,7 +7,7 @@ known cameras and asks the probe what it sees (which object, which colour, and w
 a front: the Janus problem), and bench/prior_quality.py asks it about the embedded prior's samples. It
 therefore trains on every colour x object pair (``held_out="include"``), held-out pairs included.
 
-Training follows embedded/train.py: procedural renders kept in a pool on the device (``RenderPool``), bf16
+Training follows embedded/train.py: procedural renders kept in a pool on the device (render_pool.py), bf16
 autocast on CUDA, loss accumulated on the device, a time or step budget, metrics.jsonl, and fp16 safetensors
 (config and label names in the metadata) written atomically. Augmentation (small shifts and zooms, random
 blur, a little noise) stands in for the softer, noisier look of NeRF renders. No horizontal flips: a flip
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import signal
 import time
 from collections.abc import Callable
@@ -37,11 +36,14 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from dreamfusion.cameras import VIEW_LABELS
-from dreamfusion.embedded.train import RenderPool
+from dreamfusion.embedded.budget import Budget
+from dreamfusion.embedded.model import parameter_count
+from dreamfusion.embedded.render_pool import RenderFeed, check_pool_settings, render_labels
+from dreamfusion.errors import PriorError
 from dreamfusion.files import write_atomic
-from dreamfusion.priors.base import PriorError
 from dreamfusion.procedural.dataset import COLOUR_NAMES, ProceduralBatch, ProceduralDataConfig, sample_batch
 from dreamfusion.procedural.objects import OBJECT_KINDS
+from dreamfusion.schedules import WarmupCosine
 from dreamfusion.shading import SHADING_MODES
 from dreamfusion.typed_config import from_dict, to_dict
 
@@ -120,10 +122,6 @@ class ProbeNet(nn.Module):
         x = self.features(images * 2.0 - 1.0)
         h = self.hidden(torch.cat((x.mean(dim=(2, 3)), x.amax(dim=(2, 3))), dim=1))
         return self.object_head(h), self.colour_head(h), self.view_head(h)
-
-
-def parameter_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 # ----- weights ---------------------------------------------------------------------------------------
@@ -253,7 +251,7 @@ class ProbeConfig:
     val_size: int = 1024
     """The fixed validation batch (its own seed); rendered once, never augmented."""
     pool_size: int = 16384
-    """Renders kept on the device (see embedded/train.py); 0 renders every batch fresh."""
+    """Renders kept on the device (see embedded/render_pool.py); 0 renders every batch fresh."""
     pool_refresh: int = 256
     pool_refresh_every: int = 4
     log_every: int = 100
@@ -273,8 +271,12 @@ class ProbeConfig:
             raise ValueError("zoom must lie in [0, 1), shift and noise be >= 0, blur_probability in [0, 1]")
         if self.val_size < 1 or self.log_every < 1 or self.eval_every < 1 or self.pool_refresh_every < 1:
             raise ValueError("val_size, log_every, eval_every and pool_refresh_every must be >= 1")
-        if self.pool_size and (self.pool_size < self.batch_size or not 0 <= self.pool_refresh <= self.pool_size):
-            raise ValueError("pool_size must be 0 or >= batch_size, and 0 <= pool_refresh <= pool_size")
+        check_pool_settings(self)
+
+    @property
+    def lr_schedule(self) -> WarmupCosine:
+        """Over the whole budget, down to 2% of ``lr``."""
+        return WarmupCosine(self.warmup_steps, min_factor=0.02)
 
 
 @dataclass(frozen=True)
@@ -331,11 +333,6 @@ def augment(
     images = torch.lerp(images, _gaussian_blur(images), weight[:, None, None, None])
     noise = torch.randn(images.shape, device=device, generator=generator) * config.noise * uniform(b, 1, 1, 1)
     return (images + noise).clamp(0.0, 1.0)
-
-
-def _labels(batch: ProceduralBatch) -> Int[Tensor, "B 4"]:
-    """(object, colour, view, shading) ids."""
-    return torch.stack((batch.object_ids, batch.colour_ids, batch.view_ids, batch.shading_ids), dim=1).long()
 
 
 def identifiable_views(object_ids: Int[Tensor, " B"]) -> Bool[Tensor, " B"]:
@@ -409,28 +406,12 @@ def train_probe(
         return sample_batch(config.data, n, generator, device)
 
     val_batch = source(config.val_size, torch.Generator().manual_seed(config.seed + 10_000))
-    val_images, val_labels = val_batch.images, _labels(val_batch)
-    pool = RenderPool(source, config.pool_size, config.batch_size, data_generator) if config.pool_size else None
-    budget_s = None if config.minutes is None else config.minutes * 60.0
-
-    def progress_fraction(step: int) -> float:
-        fractions = [0.0]
-        if budget_s is not None:
-            fractions.append((time.monotonic() - started) / budget_s)
-        if config.max_steps is not None:
-            fractions.append(step / config.max_steps)
-        return max(fractions)
-
-    def next_batch(step: int) -> tuple[Tensor, Tensor]:
-        if pool is None:
-            batch = source(config.batch_size, data_generator)
-            return batch.images, _labels(batch)
-        if config.pool_refresh and step and step % config.pool_refresh_every == 0:
-            pool.refresh(config.pool_refresh)
-        return pool.draw(config.batch_size, device_generator)
-
+    val_images, val_labels = val_batch.images, render_labels(val_batch)
+    feed = RenderFeed(config, source, data_generator, device_generator)
+    feed.fill()
+    budget, lr_schedule = Budget(config.minutes, config.max_steps, started), config.lr_schedule
     print(f"probe: {parameter_count(network) / 1e6:.2f}M parameters, batch {config.batch_size}, device {device}, "
-          f"ready after {time.monotonic() - started:.1f} s", flush=True)
+          f"ready after {budget.elapsed():.1f} s", flush=True)
     step, final_loss = 0, float("nan")
     loss_sum, loss_count = torch.zeros((), device=device), 0
     validation = ProbeValidation(0, *[float("nan")] * 5)
@@ -444,14 +425,13 @@ def train_probe(
 
     try:
         with metrics_path.open("w") as metrics:
-            while (fraction := progress_fraction(step)) < 1.0:
-                images, labels = next_batch(step)
-                images = augment(images.float(), config, device_generator)
+            while (fraction := budget.fraction(step)) < 1.0:
+                images, labels = feed.next_batch(step)
+                images = augment(images, config, device_generator)
                 if cuda:
                     images = images.contiguous(memory_format=torch.channels_last)
-                warmup = min(1.0, (step + 1) / max(1, config.warmup_steps))
                 for group in optimizer.param_groups:
-                    group["lr"] = config.lr * warmup * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * fraction)))
+                    group["lr"] = lr_schedule.learning_rate(config.lr, step, fraction)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and config.mixed_precision):
                     logits = network(images)
                 loss = probe_loss(logits, labels, config.label_smoothing)
@@ -461,7 +441,7 @@ def train_probe(
                 loss_sum += loss.detach()
                 loss_count += 1
                 step += 1
-                done = progress_fraction(step) >= 1.0
+                done = budget.fraction(step) >= 1.0
                 if step % config.log_every == 0 or step % config.eval_every == 0 or done:
                     final_loss = (loss_sum / loss_count).item()
                     loss_sum.zero_()
@@ -490,7 +470,7 @@ def train_probe(
     if validation.count == 0:  # the budget ran out before the first step
         validation = validate(network, val_images, val_labels)
         save_probe(network, weights_path)
-    return ProbeTrainResult(step, time.monotonic() - started, final_loss, validation, weights_path, metrics_path)
+    return ProbeTrainResult(step, budget.elapsed(), final_loss, validation, weights_path, metrics_path)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,6 +22,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from dreamfusion.diffusion import epsilon_from_v
+
 
 def cosine_alphas_cumprod(num_timesteps: int = 1000, offset: float = 0.008) -> Float[Tensor, " T"]:
     """alpha_bar_t for t = 0 .. T-1 (index t is the paper's step t + 1), float32, strictly decreasing in (0, 1)."""
@@ -51,9 +53,8 @@ def v_target(
 def v_to_epsilon(
     v: Float[Tensor, "B C H W"], noisy: Float[Tensor, "B C H W"], alphas_cumprod: Float[Tensor, " T"], timesteps: Tensor
 ) -> Float[Tensor, "B C H W"]:
-    """eps = sqrt(a) v + sqrt(1 - a) x_t, computed in float32."""
-    a = _broadcast(alphas_cumprod, timesteps, noisy)
-    return a.sqrt() * v.float() + (1 - a).sqrt() * noisy.float()
+    """Epsilon from v at the timesteps' alpha_bar, in float32."""
+    return epsilon_from_v(v, noisy, _broadcast(alphas_cumprod, timesteps, noisy))
 
 
 def min_snr_weight(alphas_cumprod: Float[Tensor, " T"], timesteps: Tensor, gamma: float = 5.0) -> Float[Tensor, " B"]:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import signal
 import time
 from collections.abc import Callable
@@ -41,10 +40,13 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from dreamfusion.embedded import vocabulary as vocab
+from dreamfusion.embedded.budget import Budget
 from dreamfusion.embedded.model import EmbeddedDiffusion, EmbeddedModelConfig, parameter_count, save_weights
+from dreamfusion.embedded.render_pool import BatchSource, RenderFeed, check_pool_settings
 from dreamfusion.embedded.schedule import min_snr_weight, v_target
 from dreamfusion.files import write_atomic
-from dreamfusion.procedural.dataset import ProceduralBatch, ProceduralDataConfig, sample_batch
+from dreamfusion.procedural.dataset import ProceduralDataConfig, sample_batch
+from dreamfusion.schedules import WarmupCosine
 from dreamfusion.sds import add_noise
 from dreamfusion.shading import SHADING_MODES
 from dreamfusion.typed_config import to_dict
@@ -52,9 +54,6 @@ from dreamfusion.typed_config import to_dict
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 WEIGHTS = "prior.safetensors"
-
-BatchSource = Callable[[int, torch.Generator], ProceduralBatch]
-"""(batch_size, CPU generator) -> a batch of renders on the training device."""
 
 
 @dataclass(frozen=True)
@@ -114,13 +113,17 @@ class TrainPriorConfig:
             raise ValueError("minutes must be positive and max_steps at least 1")
         if self.checkpoint_every < 1 or self.log_every < 1 or self.min_snr_gamma <= 0 or self.weight_decay < 0:
             raise ValueError("checkpoint_every and log_every must be >= 1, min_snr_gamma > 0, weight_decay >= 0")
-        if self.pool_size and (self.pool_size < self.batch_size or not 0 <= self.pool_refresh <= self.pool_size):
-            raise ValueError("pool_size must be 0 or >= batch_size, and 0 <= pool_refresh <= pool_size")
+        check_pool_settings(self)
         if self.pool_refresh_every < 1:
             raise ValueError("pool_refresh_every must be >= 1")
         unknown = set(self.colourless_shading) - set(SHADING_MODES)
         if unknown:
             raise ValueError(f"unknown shading modes {sorted(unknown)}; known: {SHADING_MODES}")
+
+    @property
+    def lr_schedule(self) -> WarmupCosine:
+        """Over the whole budget, down to ``final_lr_fraction`` of ``lr``."""
+        return WarmupCosine(self.warmup_steps, self.final_lr_fraction)
 
 
 @dataclass
@@ -131,16 +134,6 @@ class TrainPriorResult:
     final_loss: float
     weights_path: Path
     checkpoint_path: Path
-
-
-def caption_tokens(
-    object_ids: Int[Tensor, " B"], colour_ids: Int[Tensor, " B"], view_ids: Int[Tensor, " B"]
-) -> Int[Tensor, "B 4"]:
-    """The slot tokens of "a {colour} {object}, {view} view" from integer labels, on their device."""
-    bos = torch.full_like(object_ids, vocab.BOS_ID)
-    return torch.stack(
-        (bos, colour_ids + vocab.COLOUR_OFFSET, object_ids + vocab.OBJECT_OFFSET, view_ids + vocab.VIEW_OFFSET), dim=1
-    )
 
 
 def drop_slots(
@@ -156,48 +149,13 @@ def drop_slots(
     return torch.where(keep, tokens, torch.full_like(tokens, vocab.PAD_ID))
 
 
-class RenderPool:
-    """Renders kept on the device; ``refresh`` replaces the oldest ``count`` of them with new ones."""
-
-    def __init__(self, source: BatchSource, size: int, chunk: int, generator: torch.Generator) -> None:
-        self.source, self.size, self.generator = source, size, generator
-        parts = [source(min(chunk, size - start), generator) for start in range(0, size, chunk)]
-        check_captions(parts[0])
-        self.images = torch.cat([p.images.to(torch.float16) for p in parts])
-        self.labels = torch.cat([_labels(p) for p in parts])
-        self.cursor = 0
-
-    def refresh(self, count: int) -> None:
-        fresh = self.source(count, self.generator)
-        index = (self.cursor + torch.arange(count, device=self.images.device)) % self.size
-        self.images[index] = fresh.images.to(torch.float16)
-        self.labels[index] = _labels(fresh)
-        self.cursor = (self.cursor + count) % self.size
-
-    def draw(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        pick = torch.randint(0, self.size, (batch_size,), device=self.images.device, generator=generator)
-        return self.images[pick].float(), self.labels[pick]
-
-
-def _labels(batch: ProceduralBatch) -> Int[Tensor, "B 4"]:
-    return torch.stack((batch.object_ids, batch.colour_ids, batch.view_ids, batch.shading_ids), dim=1).long()
-
-
-def check_captions(batch: ProceduralBatch) -> None:
-    """The integer labels must give the same tokens as the captions' words; fails loudly if the data disagrees."""
-    tokens = caption_tokens(batch.object_ids, batch.colour_ids, batch.view_ids).tolist()
-    for caption, ids in zip(batch.captions[:64], tokens, strict=False):
-        if vocab.tokenize(caption) != ids:
-            raise RuntimeError(f"caption {caption!r} does not match its labels {vocab.detokenize(ids)!r}")
-
-
 class PriorTrainer:
     """Model, EMA, optimizer, data and RNG of one training run; ``step`` runs one optimization step."""
 
     def __init__(self, config: TrainPriorConfig, device: torch.device | str, source: BatchSource | None = None) -> None:
         self.config = config
         self.device = torch.device(device)
-        self.source = source or (lambda n, g: sample_batch(config.data, n, g, self.device))
+        source = source or (lambda n, g: sample_batch(config.data, n, g, self.device))
         torch.manual_seed(config.seed)
         self.model = EmbeddedDiffusion(config.model).to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
@@ -212,40 +170,21 @@ class PriorTrainer:
         self.colourless = torch.tensor(
             [SHADING_MODES.index(m) for m in config.colourless_shading], dtype=torch.long, device=self.device
         )
+        self.lr_schedule = config.lr_schedule
+        self.feed = RenderFeed(config, source, self.data_generator, self.noise_generator)
         self.step_count = 0
         self.elapsed_before = 0.0
-        self.pool: RenderPool | None = None
         self.loss_sum = torch.zeros((), device=self.device)
         self.loss_count = 0
         self._params = [p for p in self.model.parameters()]
         self._ema_params = [p for p in self.ema.parameters()]
 
-    def next_batch(self) -> tuple[Float[Tensor, "B 3 64 64"], Int[Tensor, "B 4"]]:
-        """Images in [0, 1] and (object, colour, view, shading) labels."""
-        config = self.config
-        if config.pool_size:
-            if self.pool is None:
-                self.pool = RenderPool(self.source, config.pool_size, config.batch_size, self.data_generator)
-            elif config.pool_refresh and self.step_count % config.pool_refresh_every == 0:
-                self.pool.refresh(config.pool_refresh)
-            return self.pool.draw(config.batch_size, self.noise_generator)
-        batch = self.source(config.batch_size, self.data_generator)
-        if self.step_count == 0:
-            check_captions(batch)
-        return batch.images.float(), _labels(batch)
-
-    def learning_rate(self, progress: float) -> float:
-        config = self.config
-        warmup = min(1.0, (self.step_count + 1) / max(1, config.warmup_steps))
-        cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-        return config.lr * warmup * (config.final_lr_fraction + (1 - config.final_lr_fraction) * cosine)
-
     def step(self, progress: float) -> None:
         """One optimization step; ``progress`` in [0, 1] is the fraction of the budget spent (for the lr)."""
         config, model = self.config, self.model
-        images, labels = self.next_batch()
+        images, labels = self.feed.next_batch(self.step_count)
         batch = images.shape[0]
-        tokens = caption_tokens(labels[:, 0], labels[:, 1], labels[:, 2])
+        tokens = vocab.caption_tokens(labels[:, 0], labels[:, 1], labels[:, 2])
         draws = torch.rand((batch, 3), device=self.device, generator=self.noise_generator)
         colourless = torch.isin(labels[:, 3], self.colourless)
         tokens = drop_slots(tokens, draws, config.p_uncond, config.p_drop_colour, config.p_drop_view, colourless)
@@ -257,7 +196,7 @@ class PriorTrainer:
         noisy = add_noise(clean, noise, alphas_cumprod, timesteps)
         target = v_target(clean, noise, alphas_cumprod, timesteps)
         for group in self.optimizer.param_groups:
-            group["lr"] = self.learning_rate(progress)
+            group["lr"] = self.lr_schedule.learning_rate(config.lr, self.step_count, progress)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             prediction = self.network(noisy, timesteps, model.encode_text(tokens))
         per_image = (prediction.float() - target).square().mean(dim=(1, 2, 3))
@@ -336,21 +275,10 @@ def train_prior(
     trainer = PriorTrainer(config, device, source)
     if checkpoint_path.exists():
         trainer.load_state_dict(torch.load(checkpoint_path, map_location=device, weights_only=True))
-    budget_s = None if config.minutes is None else config.minutes * 60.0
-
-    def elapsed() -> float:
-        return trainer.elapsed_before + time.monotonic() - started
-
-    def progress_fraction() -> float:
-        fractions = [0.0]
-        if budget_s is not None:
-            fractions.append(elapsed() / budget_s)
-        if config.max_steps is not None:
-            fractions.append(trainer.step_count / config.max_steps)
-        return max(fractions)
+    budget = Budget(config.minutes, config.max_steps, started, trainer.elapsed_before)
 
     def save() -> None:
-        _atomic_save(trainer.state_dict(elapsed()), checkpoint_path)
+        _atomic_save(trainer.state_dict(budget.elapsed()), checkpoint_path)
         save_weights(trainer.ema, weights_path)
 
     print(f"embedded prior: {parameter_count(trainer.model) / 1e6:.2f}M parameters, batch {config.batch_size}, "
@@ -359,17 +287,17 @@ def train_prior(
     last_time, last_step = time.monotonic(), trainer.step_count
     try:
         with (out / METRICS).open("a") as metrics:
-            while progress_fraction() < 1.0:
-                trainer.step(progress_fraction())
+            while budget.fraction(trainer.step_count) < 1.0:
+                trainer.step(budget.fraction(trainer.step_count))
                 step = trainer.step_count
-                if step % config.log_every == 0 or progress_fraction() >= 1.0:
+                if step % config.log_every == 0 or budget.fraction(step) >= 1.0:
                     final_loss = trainer.take_mean_loss()
                     now = time.monotonic()
                     rate = (step - last_step) / max(now - last_time, 1e-9)
                     last_time, last_step = now, step
                     images_per_s = rate * config.batch_size
                     record = {"step": step, "loss": final_loss, "it_per_s": rate, "images_per_s": images_per_s,
-                              "lr": trainer.optimizer.param_groups[0]["lr"], "elapsed_s": elapsed()}
+                              "lr": trainer.optimizer.param_groups[0]["lr"], "elapsed_s": budget.elapsed()}
                     metrics.write(json.dumps(record) + "\n")
                     metrics.flush()
                     print(f"step {step:6d}  loss {final_loss:.4f}  {rate:6.2f} it/s  {images_per_s:8.0f} img/s"
@@ -385,7 +313,7 @@ def train_prior(
     if trainer.loss_count:
         final_loss = trainer.take_mean_loss()
     save()
-    return TrainPriorResult(trainer.step_count, elapsed(), final_loss, weights_path, checkpoint_path)
+    return TrainPriorResult(trainer.step_count, budget.elapsed(), final_loss, weights_path, checkpoint_path)
 
 
 def write_sample_sheet(weights: Path, out_png: Path, device: torch.device | str, steps: int = 50) -> Path:
@@ -399,7 +327,7 @@ def write_sample_sheet(weights: Path, out_png: Path, device: torch.device | str,
     from dreamfusion.priors.sampling import ddim_sample
     from dreamfusion.procedural.objects import is_held_out
 
-    prior = EmbeddedPrior(EmbeddedPriorConfig(weights=str(weights)), device)
+    prior = EmbeddedPrior(EmbeddedPriorConfig(model=str(weights)), device)
     conditional, unconditional = [], []
     colours = vocab.COLOUR_NAMES
     for row, kind in enumerate(vocab.OBJECT_NAMES):

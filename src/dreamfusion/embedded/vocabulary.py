@@ -16,8 +16,12 @@ from __future__ import annotations
 import unicodedata
 from typing import Literal
 
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
 from dreamfusion.cameras import VIEW_LABELS
-from dreamfusion.priors.base import PriorError
+from dreamfusion.errors import PriorError
 from dreamfusion.procedural.objects import COLOURS, OBJECT_KINDS
 
 PAD_ID = 0
@@ -158,6 +162,14 @@ def tokenize(text: str, require_object: bool = True) -> list[int]:
 def unconditional_tokens() -> list[int]:
     """The empty caption, used for classifier-free guidance and condition dropout."""
     return [BOS_ID] + [PAD_ID] * (MAX_TOKENS - 1)
+
+
+def caption_tokens(
+    object_ids: Int[Tensor, " B"], colour_ids: Int[Tensor, " B"], view_ids: Int[Tensor, " B"]
+) -> Int[Tensor, "B 4"]:
+    """The slot tokens of "a {colour} {object}, {view} view" from integer labels, on their device."""
+    bos = torch.full_like(object_ids, BOS_ID)
+    return torch.stack((bos, colour_ids + COLOUR_OFFSET, object_ids + OBJECT_OFFSET, view_ids + VIEW_OFFSET), dim=1)
 
 
 def detokenize(ids: list[int]) -> str:

@@ -24,7 +24,8 @@ from torch import Tensor
 
 from dreamfusion.cameras import CameraBatch, TurntableConfig, turntable_cameras
 from dreamfusion.export.raster import fragments, nearest, perspective_correct
-from dreamfusion.renderer import render
+from dreamfusion.renderer import RenderOutput
+from dreamfusion.scene import Scene
 from dreamfusion.shading import Background, BackgroundConfig
 
 FIDELITY_CAMERAS = TurntableConfig(frames=8, elevation=20.0, distance=3.0, focal_multiplier=1.2, resolution=128)
@@ -92,21 +93,16 @@ def _surface_colour(mesh, faces: Tensor, weights: Float[Tensor, "N 3"]) -> Float
     return (weights[:, :, None] * colours[faces]).sum(1)
 
 
+def _albedo_and_opacity(out: RenderOutput, cameras: CameraBatch) -> Float[Tensor, "b h w 4"]:
+    return torch.cat((out.rgb, out.opacity), dim=-1)  # over black: rgb = albedo * opacity
+
+
 @torch.no_grad()
-def mesh_fidelity(scene, mesh, cameras: CameraBatch | None = None) -> MeshFidelity:
-    """Outline IoU and colour difference of ``mesh`` against the field of ``scene`` (an export.video.Scene;
-    see the module docstring)."""
-    from dreamfusion.export.video import render_in_chunks
-
+def mesh_fidelity(scene: Scene, mesh, cameras: CameraBatch | None = None) -> MeshFidelity:
+    """Outline IoU and colour difference of ``mesh`` against the field of ``scene`` (see the module docstring)."""
     cameras = turntable_cameras(FIDELITY_CAMERAS) if cameras is None else cameras
-    device = next(scene.field.parameters()).device
-    black = Background(BackgroundConfig(kind="random_solid", eval_colour=(0.0, 0.0, 0.0))).to(device)
-
-    def albedo_and_opacity(part: CameraBatch) -> Tensor:
-        out = render(scene.field, black, part, scene.renderer, shading="albedo", occupancy=scene.grid())
-        return torch.cat((out.rgb, out.opacity), dim=-1)  # over black: rgb = albedo * opacity
-
-    seen = render_in_chunks(cameras, albedo_and_opacity, (cameras.rays_o.shape[2], 4), device)
+    black = Background(BackgroundConfig(kind="random_solid", eval_colour=(0.0, 0.0, 0.0))).to(scene.device)
+    seen = scene.render_views(cameras, _albedo_and_opacity, mode="albedo", background=black)
     opacity = seen[..., 3]
     albedo = (seen[..., :3] / opacity[..., None].clamp(min=1e-6)).clamp(0, 1)
     drawn = render_mesh(mesh, cameras)

@@ -6,7 +6,7 @@ and its albedo baked into a UV texture (``texture``): GLB gets a PBR material wi
 .mtl and a .png beside it; PLY, and any format with ``vertex_colors``, carries colours per vertex instead.
 
 The mesh is extracted in the NeRF's world coordinates (z up, the object inside the bounding sphere of radius
-``field.config.bound``). glTF (GLB) is y up by specification and most OBJ viewers assume y up too, so
+``field.bound``). glTF (GLB) is y up by specification and most OBJ viewers assume y up too, so
 ``write_mesh`` rotates z-up to y-up for "glb" and "obj" (x stays, world z becomes +y, world y becomes -z:
 a right-handed rotation of -90 degrees about x), and viewers show the object upright. PLY keeps the world
 coordinates as they are (tools that read PLY, e.g. MeshLab or Open3D, have no fixed up axis).
@@ -16,7 +16,6 @@ trimesh, scikit-image and xatlas are imported lazily: the rest of the package wo
 
 from __future__ import annotations
 
-import contextlib
 import io
 import math
 from dataclasses import dataclass, replace
@@ -29,9 +28,16 @@ from jaxtyping import Float, Int, UInt8
 
 from dreamfusion.errors import DreamfusionError
 from dreamfusion.export.surface import (
-    SampledField, fine_resolution, fit_level, sample_coarse, sample_near_surface, solidify, surface_albedo,
+    SampledField,
+    fine_resolution,
+    fit_level,
+    sample_coarse,
+    sample_near_surface,
+    solidify,
+    surface_albedo,
 )  # fmt: skip
 from dreamfusion.files import write_bytes_atomic
+from dreamfusion.geometry import Geometry
 
 MeshFormat = Literal["glb", "obj", "ply"]
 MESH_FORMATS: tuple[MeshFormat, ...] = ("glb", "obj", "ply")
@@ -188,7 +194,7 @@ def vertex_normals(vertices: Float[np.ndarray, "V 3"], faces: Int[np.ndarray, "F
     return (normals / np.maximum(length, 1e-12)).astype(np.float32)
 
 
-def surface_level(field, coarse: torch.Tensor, config: MeshExportConfig) -> tuple[float, float | None]:
+def surface_level(field: Geometry, coarse: torch.Tensor, config: MeshExportConfig) -> tuple[float, float | None]:
     """(level, outline IoU): ``config.threshold``, or the level fitted to the field's outlines."""
     if config.threshold is not None:
         peak = float(coarse.max())
@@ -199,7 +205,7 @@ def surface_level(field, coarse: torch.Tensor, config: MeshExportConfig) -> tupl
             )
         return config.threshold, None
     try:
-        fit = fit_level(coarse, float(field.config.bound))
+        fit = fit_level(coarse, float(field.bound))
     except ValueError as error:
         raise MeshExportError(f"the field is empty: {error}; train longer") from None
     return fit.level, fit.outline_iou
@@ -349,36 +355,6 @@ def mesh_format(format: str | None, out: Path | None) -> MeshFormat:
     if format is not None and format != suffix:
         raise MeshExportError(f"--format {format} contradicts --out {out}, a .{suffix} file; make them agree")
     return suffix  # type: ignore[return-value]
-
-
-def export_run(
-    run_dir: Path,
-    format: MeshFormat | None = None,
-    device: str = "auto",
-    out: Path | None = None,
-    config: MeshExportConfig = MeshExportConfig(),
-) -> list[Path]:
-    """Extract the mesh of a run and write it to ``out`` (default RUN_DIR/mesh.FORMAT); returns the files
-    written. The format comes from ``out``'s suffix or ``format`` (see ``mesh_format``). Writing into the run
-    takes its writer lock, so a run that is being trained is not written into; writing elsewhere only reads it.
-
-    Raises RunError for a directory that is not a run (or is in use) and MeshExportError when no mesh can be
-    made.
-    """
-    from dreamfusion.memory import check_size
-    from dreamfusion.run import load_scene, lock_for_writing
-
-    run_dir = Path(run_dir)
-    fmt = mesh_format(format, out)
-    target = Path(out) if out is not None else run_dir / f"mesh.{fmt}"
-    if fmt == "ply" and not config.vertex_colors:
-        config = replace(config, vertex_colors=True)  # PLY has no textures: colours per vertex, no unwrapping
-    check_size("--resolution", config.resolution, lambda side: float(side) ** 3 * GRID_BYTES_PER_SAMPLE, "cpu")
-    into_run = run_dir.is_dir() and target.parent.resolve() == run_dir.resolve()
-    hint = "; or export while it trains with --out outside the run"
-    with lock_for_writing(run_dir, hint) if into_run else contextlib.nullcontext():
-        _, scene = load_scene(run_dir, device)
-        return write_mesh(extract_mesh(scene.field, config), target, fmt)
 
 
 def read_mesh(path: Path) -> Mesh:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from dreamfusion.geometry import Geometry
 from dreamfusion.procedural.objects import grid_points
 
 COARSE_STEP = 3
@@ -74,7 +75,7 @@ class LevelFit:
 
 
 @torch.no_grad()
-def _query(field, points: Float[Tensor, "N 3"], chunk: int, with_albedo: bool) -> tuple[Tensor, Tensor | None]:
+def _query(field: Geometry, points: Float[Tensor, "N 3"], chunk: int, with_albedo: bool) -> tuple[Tensor, Tensor | None]:
     densities, albedos = [], []
     for part in points.split(chunk):
         if with_albedo:
@@ -97,12 +98,12 @@ def fine_resolution(resolution: int) -> int:
     return (coarse_resolution(resolution) - 1) * COARSE_STEP + 1
 
 
-def sample_coarse(field, resolution: int, device: torch.device, chunk: int = 1 << 14) -> Float[Tensor, "C C C"]:
+def sample_coarse(field: Geometry, resolution: int, device: torch.device, chunk: int = 1 << 14) -> Float[Tensor, "C C C"]:
     """Density on the coarse grid of a fine grid of ``resolution`` (see ``fine_resolution``), on ``device``."""
     size = coarse_resolution(resolution)
-    points = grid_points(size, field.config.bound, device)
+    points = grid_points(size, field.bound, device)
     density, _ = _query(field, points.reshape(-1, 3), chunk, with_albedo=False)
-    return _inside_sphere(density.reshape(size, size, size), points, field.config.bound)
+    return _inside_sphere(density.reshape(size, size, size), points, field.bound)
 
 
 def _inside_sphere(values: Tensor, points: Tensor, bound: float) -> Tensor:
@@ -122,12 +123,12 @@ def near_surface(coarse: Float[Tensor, "C C C"], level: float) -> Bool[Tensor, "
 
 @torch.no_grad()
 def sample_near_surface(
-    field, coarse: Float[Tensor, "C C C"], level: float, chunk: int = 1 << 14
+    field: Geometry, coarse: Float[Tensor, "C C C"], level: float, chunk: int = 1 << 14
 ) -> SampledField:
     """The fine grid: density and albedo queried in the band around ``level``, density interpolated from the
     coarse grid elsewhere (where it is far from the level, so the surface is not moved by it)."""
     device = coarse.device
-    bound = float(field.config.bound)
+    bound = float(field.bound)
     size = (coarse.shape[0] - 1) * COARSE_STEP + 1
     density = F.interpolate(coarse[None, None], size=(size,) * 3, mode="trilinear", align_corners=True)[0, 0]
     band = near_surface(coarse, level)

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
-from jaxtyping import Float, Shaped, UInt8
+from jaxtyping import Float, UInt8
 from PIL import Image
 
 from dreamfusion.cameras import CameraBatch, TurntableConfig, turntable_cameras
-from dreamfusion.field import NeRFField
 from dreamfusion.files import write_atomic
-from dreamfusion.renderer import OccupancyGrid, RendererConfig, RenderOutput, render
-from dreamfusion.shading import Background, ShadingConfig
+from dreamfusion.renderer import RenderOutput
+from dreamfusion.scene import MAX_RAYS, Scene, to_bytes
+from dreamfusion.shading import SHADING_MODES, ShadingMode
 
 Panel = Literal["lambertian", "albedo", "textureless", "normals", "depth", "opacity"]
 PANELS: tuple[Panel, ...] = ("lambertian", "albedo", "textureless", "normals", "depth", "opacity")
@@ -36,36 +36,8 @@ def parse_panels(text: str | None) -> tuple[Panel, ...]:
     return tuple(dict.fromkeys(names))  # type: ignore[return-value]
 
 
-@dataclass
-class Scene:
-    """What is needed to render a trained run."""
-
-    field: NeRFField
-    background: Background
-    renderer: RendererConfig
-    shading: ShadingConfig
-    occupancy: OccupancyGrid | None = None
-    """Empty-space skipping for renders; built from the field on first use."""
-
-    def grid(self) -> OccupancyGrid:
-        if self.occupancy is None:
-            self.occupancy = OccupancyGrid.from_field(self.field)
-        return self.occupancy
-
-
-def _panel_image(scene: Scene, cameras: CameraBatch, panel: Panel) -> Float[torch.Tensor, "B H W 3"]:
-    mode = panel if panel in ("lambertian", "albedo", "textureless") else "albedo"
-    out: RenderOutput = render(
-        scene.field,
-        scene.background,
-        cameras,
-        scene.renderer,
-        shading=mode,  # type: ignore[arg-type]
-        ambient=scene.shading.ambient,
-        diffuse=scene.shading.diffuse,
-        with_normals=panel == "normals",
-        occupancy=scene.grid(),
-    )
+def _panel_image(out: RenderOutput, cameras: CameraBatch, panel: Panel, bound: float) -> Float[torch.Tensor, "B H W 3"]:
+    """A panel of ``cameras`` from their render ``out`` (rendered in the panel's shading mode, see ``_render_mode``)."""
     if panel == "normals":
         # World normals mapped to colours, over white where the ray is empty.
         return (out.normals * 0.5 + 0.5 * out.opacity) + (1 - out.opacity)
@@ -73,7 +45,6 @@ def _panel_image(scene: Scene, cameras: CameraBatch, panel: Panel) -> Float[torc
         # A fixed range for every frame: the bounding sphere spans [distance - bound, distance + bound] along
         # the view axis, so the same depth is the same grey in every frame (no per-chunk rescaling flicker).
         # Near is bright, far is dark, empty rays are black.
-        bound = scene.field.config.bound
         near = (cameras.distance.to(out.depth.device) - bound).clamp(min=0).view(-1, 1, 1, 1)
         scaled = 1 - ((out.depth - near) / (2 * bound)).clamp(0, 1)
         return (scaled * out.opacity).expand(*out.depth.shape[:-1], 3)
@@ -82,37 +53,12 @@ def _panel_image(scene: Scene, cameras: CameraBatch, panel: Panel) -> Float[torc
     return out.rgb
 
 
-MAX_RAYS = 1 << 16
-"""Rays per render call in videos and evaluation: bounds the renderer's memory (rays x samples) whatever the
-resolution."""
+def _render_mode(panel: Panel) -> ShadingMode:
+    return panel if panel in SHADING_MODES else "albedo"  # type: ignore[return-value]
 
 
-@torch.no_grad()
-def render_in_chunks(
-    cameras: CameraBatch,
-    render_part: Callable[[CameraBatch], Shaped[torch.Tensor, "b h w C"]],
-    trailing: tuple[int, int],
-    device: torch.device | str,
-    max_rays: int = MAX_RAYS,
-    dtype: torch.dtype = torch.float32,
-) -> Shaped[torch.Tensor, "B H w C"]:
-    """``render_part`` of every camera, at most ``max_rays`` rays a call (see ``CameraBatch.ray_chunks``),
-    assembled on the CPU, without gradients. ``trailing`` is the (width, channels) of one image of
-    ``render_part``, which also gives the shape of an empty batch."""
-    batch, height = cameras.rays_o.shape[:2]
-    out = torch.zeros(batch, height, *trailing, dtype=dtype)
-    for camera_slice, row_slice in cameras.ray_chunks(max_rays):
-        out[camera_slice, row_slice] = render_part(cameras.subset(camera_slice, row_slice).to(device)).cpu()
-    return out
-
-
-def panel_strip(scene: Scene, cameras: CameraBatch, panels: tuple[Panel, ...]) -> Float[torch.Tensor, "B H W*P 3"]:
-    """The panels of each camera side by side, in [0, 1]."""
-    return torch.cat([_panel_image(scene, cameras, panel).clamp(0, 1) for panel in panels], dim=2)
-
-
-def _to_uint8(images: Float[torch.Tensor, "*B 3"]) -> UInt8[torch.Tensor, "*B 3"]:
-    return (images.cpu() * 255 + 0.5).to(torch.uint8)
+def _panel_bytes(out: RenderOutput, cameras: CameraBatch, panel: Panel, bound: float) -> UInt8[torch.Tensor, "B H W 3"]:
+    return to_bytes(_panel_image(out, cameras, panel, bound))
 
 
 @torch.no_grad()
@@ -123,17 +69,13 @@ def render_panels(
     ``max_rays`` rays at a time; converted to bytes chunk by chunk, so float frames never pile up."""
     if not panels or any(panel not in PANELS for panel in panels):
         raise ValueError(f"panels must be a non-empty selection of {', '.join(PANELS)}, got {panels!r}")
-    device = next(scene.field.parameters()).device
-    width = cameras.rays_o.shape[2]
-    frames = render_in_chunks(
-        cameras,
-        lambda part: _to_uint8(panel_strip(scene, part, panels)),
-        (width * len(panels), 3),
-        device,
-        max_rays,
-        torch.uint8,
-    )
-    return frames.numpy()
+    batch, height, width = cameras.rays_o.shape[:3]
+    frames = np.zeros((batch, height, width * len(panels), 3), np.uint8)
+    for index, panel in enumerate(panels):
+        image = partial(_panel_bytes, panel=panel, bound=scene.field.bound)
+        views = scene.render_views(cameras, image, mode=_render_mode(panel), with_normals=panel == "normals", max_rays=max_rays)
+        frames[:, :, index * width : (index + 1) * width] = views.numpy()
+    return frames
 
 
 def _upscale(images: UInt8[np.ndarray, "*B H W 3"], factor: int) -> UInt8[np.ndarray, "*B H2 W2 3"]:

@@ -9,18 +9,20 @@ and asking for "sd" or "if" without them gives one ``PriorError`` line saying wh
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from dreamfusion.cameras import VIEW_LABELS
-from dreamfusion.priors.base import PriorError, PromptEmbeddings, view_prompts
+from dreamfusion.cameras import VIEW_LABELS, view_prompts
+from dreamfusion.diffusion import epsilon_from_v
+from dreamfusion.priors.base import Precision, PriorError, PromptEmbeddings, choose_dtype
 from dreamfusion.priors.cuda_graph import GraphedForward
+from dreamfusion.sds import GuidanceMode
 
 INSTALL_HINT = "pip install 'dreamfusion[diffusers]'"
-PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def import_diffusers() -> Any:
@@ -38,17 +40,6 @@ def import_transformers() -> Any:
     except ImportError as error:
         raise PriorError(f"this prior needs diffusers and transformers ({error.name or 'transformers'} is missing): {INSTALL_HINT}") from None
     return transformers
-
-
-def choose_dtype(precision: str, device: torch.device, cuda_default: torch.dtype = torch.float16) -> torch.dtype:
-    """"auto": ``cuda_default`` on CUDA, fp32 elsewhere. Half precision is refused on CPU (slow, and many
-    CPU kernels lack it), so an explicit fp16/bf16 on CPU falls back to fp32."""
-    if precision == "auto":
-        return cuda_default if device.type == "cuda" else torch.float32
-    if precision not in PRECISION_DTYPES:
-        raise PriorError(f"unknown precision {precision!r}; choose auto, fp32, fp16 or bf16")
-    dtype = PRECISION_DTYPES[precision]
-    return dtype if device.type == "cuda" else torch.float32
 
 
 def resolve_model_dir(model: str | None, *, prior: str, subfolders: Sequence[str], fetch_hint: str) -> Path:
@@ -137,7 +128,7 @@ def epsilon_from_output(
         return output
     if prediction_type == "v_prediction":
         a = alphas_cumprod.to(output.device)[timesteps.to(output.device)][:, None, None, None]
-        return a.sqrt() * output + (1.0 - a).sqrt() * noisy.float()
+        return epsilon_from_v(output, noisy, a)
     raise PriorError(f"unsupported prediction_type {prediction_type!r} in the scheduler config (epsilon or v_prediction)")
 
 
@@ -171,20 +162,48 @@ class EmbeddingCache:
         return PromptEmbeddings(by_view=dict(zip(VIEW_LABELS, embedded[:-1], strict=True)), unconditional=embedded[-1])
 
 
-def prompt_texts(prompt: str, negative_prompt: str = "") -> list[str]:
-    views = view_prompts(prompt.strip())
-    return [views[label] for label in VIEW_LABELS] + [negative_prompt.strip()]
+@dataclass(frozen=True)
+class DiffusersPriorConfig:
+    """What the Stable Diffusion and IF priors are configured alike by."""
+
+    name: str = ""
+    model: str | None = None
+    """A local diffusers folder, or a model id already in the local Hugging Face cache (nothing is downloaded)."""
+    precision: Precision = "auto"
+    """"auto": fp16 on CUDA (the published weights are fp16-safe), fp32 on CPU."""
+    release_text_encoder: bool = True
+    """Free the text encoder once the run's prompts are embedded (it is reloaded for an uncached prompt)."""
+    cuda_graph: bool = True
+    """Replay the U-Net forward from a CUDA graph (CUDA devices only): at batch 2 it is bound by kernel launches."""
+    compile_unet: bool = False
+    """torch.compile the U-Net (minutes of compiling first; pays on long runs)."""
+    channels_last: bool = False
+    """Channels-last memory layout for the U-Net (and SD's VAE)."""
 
 
 class DiffusersPrior:
-    """What the Stable Diffusion and IF priors do alike once their modules are loaded: cached prompt
-    embeddings, freeing the text encoder, and the U-Net's epsilon prediction. Subclasses set ``config``,
-    ``device``, ``dtype``, ``unet``, ``prediction_type``, ``_alphas_cumprod``, ``_embeddings``,
-    ``_unet_forward`` and the text-encoder attributes (``_place``, ``_open_folder`` and
-    ``_setup_unet_and_text`` set most of them)."""
+    """What the Stable Diffusion and IF priors do alike once their modules are loaded: the text encoder and
+    its cached prompt embeddings, and the U-Net's epsilon prediction. Subclasses set ``unet``,
+    ``prediction_type`` and ``_alphas_cumprod`` (``_place``, ``_open_folder`` and ``_setup_unet_and_text``
+    set the rest), and say which text encoder they use."""
 
     compile_backend = "inductor"
     """torch.compile backend of ``compile_unet`` / ``compile_vae``."""
+    default_guidance_mode: ClassVar[GuidanceMode] = "cfg"
+    view_prompts = True
+    text_encoder_class: ClassVar[str]
+    """The transformers class of the text encoder."""
+    text_encoder_label: ClassVar[str]
+    """How error messages name the text encoder."""
+    max_tokens: ClassVar[int | None] = None
+    """Prompt length in tokens; None is the tokenizer's own maximum."""
+    mask_padding: ClassVar[bool] = False
+    """Pass the attention mask, for an encoder trained with its padding masked (T5)."""
+
+    @staticmethod
+    def check_prompt(prompt: str) -> str:
+        """Any text reads; surrounding white space is dropped."""
+        return prompt.strip()
 
     def _place(self, config: Any, device: torch.device | str) -> None:
         """Set ``config``, ``device`` and the weights' ``dtype`` (fp16 on CUDA unless ``config.precision`` says)."""
@@ -204,16 +223,12 @@ class DiffusersPrior:
         return diffusers
 
     def _setup_unet_and_text(self, unet: Any) -> None:
-        """The frozen U-Net with its speed options, the guidance and Perp-Neg settings, and an empty prompt
-        cache; ``config``, ``device`` and ``dtype`` must be set."""
+        """The frozen U-Net with its speed options and an empty prompt cache; ``config``, ``device`` and
+        ``dtype`` must be set."""
         config = self.config
         self.unet = load_frozen(unet, self.device, self.dtype)
         if config.channels_last:
             self.unet.to(memory_format=torch.channels_last)
-        self.default_guidance_scale = config.guidance_scale
-        self.sampling_guidance_scale = config.sampling_guidance_scale
-        self.perp_neg = config.perp_neg
-        self.perp_neg_weights = config.perp_neg_weights
 
         self._unet_forward: Any = self._plain_unet_forward
         if config.compile_unet:
@@ -225,6 +240,26 @@ class DiffusersPrior:
         self._text_encoder: Any = None
         self._tokenizer: Any = None
         self._embeddings = EmbeddingCache(self._embed_texts)
+
+    def _load_text_encoder(self) -> None:
+        if self.path is None:
+            raise PriorError("this prior was built from components and its text encoder was released; embed prompts before releasing it")
+        transformers = import_transformers()
+        self._tokenizer = load_component(transformers.AutoTokenizer.from_pretrained, self.path, "tokenizer", "tokenizer")
+        encoder_class = getattr(transformers, self.text_encoder_class)
+        encoder = load_component(encoder_class.from_pretrained, self.path, "text_encoder", self.text_encoder_label, dtype=self.dtype)
+        self._text_encoder = load_frozen(encoder, self.device, self.dtype)
+
+    def _embed_texts(self, texts: list[str]) -> Tensor:
+        """Hidden states of the text encoder's last layer for each text, padded to the prompt length."""
+        if self._text_encoder is None:
+            self._load_text_encoder()
+        length = self.max_tokens or self._tokenizer.model_max_length
+        tokens = self._tokenizer(texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+        mask = tokens.attention_mask.to(self.device) if self.mask_padding else None
+        with torch.autocast(self.device.type, enabled=False):
+            hidden = self._text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0]
+        return hidden.to(self.dtype)
 
     def release_text_encoder(self) -> None:
         """Free the text encoder and tokenizer (cached embeddings stay; an uncached prompt reloads them)."""

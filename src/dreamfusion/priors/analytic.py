@@ -14,18 +14,22 @@ The prompt's text is ignored.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from dreamfusion.cameras import VIEW_LABELS
-from dreamfusion.priors import PriorConfig
 from dreamfusion.priors.base import PriorError, PromptEmbeddings
+from dreamfusion.sds import GuidanceMode
 
 
 @dataclass(frozen=True)
 class AnalyticPriorConfig:
+    """The target disc and the Gaussian around it; there are no weights."""
+
+    name: Literal["analytic"] = "analytic"
     resolution: int = 64
     colour: tuple[float, float, float] = (0.9, 0.35, 0.1)
     """Disc colour, rgb in [0, 1]."""
@@ -35,7 +39,6 @@ class AnalyticPriorConfig:
     std: float = 0.05
     """s: the spread of the data around the target, in [-1, 1] units."""
     num_train_timesteps: int = 1000
-    guidance_scale: float = 7.5
 
     def __post_init__(self) -> None:
         if self.resolution <= 0 or self.radius <= 0 or self.std <= 0 or self.num_train_timesteps <= 1:
@@ -61,12 +64,16 @@ def disc_image(config: AnalyticPriorConfig) -> Float[Tensor, "3 H W"]:
 
 class AnalyticPrior:
     name = "analytic"
+    default_guidance_scale = 7.5
+    default_guidance_mode: GuidanceMode = "cfg"
+    sampling_guidance_scale = 7.5
+    view_prompts = False
+    """Every view has the same target."""
 
     def __init__(self, config: AnalyticPriorConfig, device: torch.device | str = "cpu") -> None:
         self.config = config
         self.resolution = config.resolution
         self.latent_shape = (3, config.resolution, config.resolution)
-        self.default_guidance_scale = config.guidance_scale
         self._alphas_cumprod = linear_alphas_cumprod(config.num_train_timesteps).to(device)
         self.target = (disc_image(config) * 2 - 1).to(device)
         self.device = torch.device(device)
@@ -74,6 +81,11 @@ class AnalyticPrior:
     @property
     def alphas_cumprod(self) -> Float[Tensor, " T"]:
         return self._alphas_cumprod
+
+    @staticmethod
+    def check_prompt(prompt: str) -> str:
+        """Any text reads (and is ignored)."""
+        return prompt.strip()
 
     def encode_prompt(self, prompt: str, negative_prompt: str = "") -> PromptEmbeddings:
         # The embedding is the mean image itself: the denoiser reads its target from the conditioning.
@@ -97,10 +109,3 @@ class AnalyticPrior:
         a = self._alphas_cumprod[timesteps].to(noisy.dtype)[:, None, None, None]
         variance = a * self.config.std**2 + 1 - a
         return (1 - a).sqrt() * (noisy - a.sqrt() * embeddings) / variance
-
-
-def build(config: PriorConfig, device: torch.device) -> AnalyticPrior:
-    """Registry entry point: the analytic prior has no weights; ``config.model`` must be unset."""
-    if config.model is not None:
-        raise PriorError("the analytic prior has no weights; leave --model unset")
-    return AnalyticPrior(AnalyticPriorConfig(), device)

@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from dreamfusion.cameras import VIEW_LABELS, ViewLabel, view_suffix
-from dreamfusion.errors import DreamfusionError
+from dreamfusion.cameras import ViewLabel
+from dreamfusion.errors import PriorError
+from dreamfusion.sds import GuidanceMode
+
+Precision = Literal["auto", "fp32", "fp16", "bf16"]
+PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-class PriorError(DreamfusionError, ValueError):
-    """A prior cannot be built or cannot read the prompt; the message is shown to the user as it is."""
+def choose_dtype(precision: Precision, device: torch.device, cuda_default: torch.dtype) -> torch.dtype:
+    """A prior's weight dtype: "auto" is ``cuda_default`` on CUDA and float32 elsewhere. Half precision is
+    refused on CPU (slow, and many CPU kernels lack it), so an explicit fp16/bf16 there falls back to fp32."""
+    if precision == "auto":
+        return cuda_default if device.type == "cuda" else torch.float32
+    if precision not in PRECISION_DTYPES:
+        raise PriorError(f"unknown precision {precision!r}; choose auto, fp32, fp16 or bf16")
+    return PRECISION_DTYPES[precision] if device.type == "cuda" else torch.float32
 
 
 @dataclass
@@ -52,21 +62,6 @@ class PromptEmbeddings:
         )
 
 
-def view_prompts(prompt: str) -> dict[ViewLabel, str]:
-    """The prompt with each view suffix appended: {"front": "a red chair, front view", ...}."""
-    return {label: prompt + view_suffix(label) for label in VIEW_LABELS}
-
-
-def split_view(prompt: str) -> tuple[str, ViewLabel | None]:
-    """Separate a trailing view suffix: "a red chair, front view" -> ("a red chair", "front")."""
-    text = prompt.strip().rstrip(".!")
-    for label in VIEW_LABELS:
-        for ending in (view_suffix(label), f" {label} view"):
-            if text.lower().endswith(ending):
-                return text[: -len(ending)].rstrip(" ,"), label
-    return text, None
-
-
 @runtime_checkable
 class DiffusionPrior(Protocol):
     """A frozen text-to-image diffusion model seen through the few operations SDS needs.
@@ -81,7 +76,19 @@ class DiffusionPrior(Protocol):
     latent_shape: tuple[int, int, int]
     """(C, h, w) of the space the model denoises."""
     default_guidance_scale: float
-    """Classifier-free guidance scale used when the run config leaves it unset."""
+    """SDS guidance scale used when the run config leaves it unset."""
+    default_guidance_mode: GuidanceMode
+    """SDS guidance mode used when the run config leaves it to the prior ("auto")."""
+    sampling_guidance_scale: float
+    """Guidance scale that suits drawing images with DDIM (far below the SDS one)."""
+    view_prompts: bool
+    """Whether the prompt's embeddings differ by view (", front view", ...): Perp-Neg needs them."""
+
+    @staticmethod
+    def check_prompt(prompt: str) -> str:
+        """The prompt as the prior will read it, or PriorError naming what it cannot read. Loads no weights,
+        so a run can refuse a prompt before anything loads."""
+        ...
 
     @property
     def alphas_cumprod(self) -> Float[Tensor, " T"]:

@@ -13,7 +13,7 @@ fp16 for XXL) is loaded only to embed the prompts, which are cached, and then fr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -21,9 +21,6 @@ from jaxtyping import Float
 from torch import Tensor
 
 from dreamfusion.priors import _diffusers as shared
-
-if TYPE_CHECKING:
-    from dreamfusion.priors import PriorConfig
 
 SUBFOLDERS = ("unet", "text_encoder", "tokenizer", "scheduler")
 FETCH_HINT = (
@@ -34,27 +31,22 @@ MAX_TOKENS = 77
 
 
 @dataclass(frozen=True)
-class DeepFloydIFPriorConfig:
+class DeepFloydIFPriorConfig(shared.DiffusersPriorConfig):
     """Where the IF stage I weights are and how the prior runs."""
 
-    model: str | None = None
-    """A local diffusers folder (unet/ text_encoder/ tokenizer/ scheduler/), or a model id in the local cache."""
-    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    guidance_scale: float = 20.0
-    sampling_guidance_scale: float = 7.0
-    release_text_encoder: bool = True
-    channels_last: bool = False
-    compile_unet: bool = False
-    cuda_graph: bool = True
-    """Replay the U-Net forward from a CUDA graph (CUDA devices only)."""
-    perp_neg: bool = False
-    perp_neg_weights: tuple[float, float, float] = (2.0, 1.0, 1.0)
+    name: Literal["if"] = "if"
 
 
 class DeepFloydIFPrior(shared.DiffusersPrior):
     """Implements ``DiffusionPrior`` with a diffusers DeepFloyd IF stage I folder."""
 
     name = "if"
+    default_guidance_scale = 20.0
+    sampling_guidance_scale = 7.0
+    text_encoder_class = "T5EncoderModel"
+    text_encoder_label = "T5 text encoder"
+    max_tokens = MAX_TOKENS
+    mask_padding = True
 
     def __init__(self, config: DeepFloydIFPriorConfig, device: torch.device | str = "cpu") -> None:
         diffusers = self._open_folder(config, device, prior="if", subfolders=SUBFOLDERS, fetch_hint=FETCH_HINT)
@@ -65,27 +57,6 @@ class DeepFloydIFPrior(shared.DiffusersPrior):
         side = int(self.unet.config.sample_size)
         self.resolution = side
         self.latent_shape = (3, side, side)
-
-    # -- text ------------------------------------------------------------------------------------
-    def _load_text_encoder(self) -> None:
-        transformers = shared.import_transformers()
-        self._tokenizer = shared.load_component(transformers.AutoTokenizer.from_pretrained, self.path, "tokenizer", "tokenizer")
-        encoder = shared.load_component(
-            transformers.T5EncoderModel.from_pretrained, self.path, "text_encoder", "T5 text encoder", dtype=self.dtype
-        )
-        self._text_encoder = shared.load_frozen(encoder, self.device, self.dtype)
-
-    def _embed_texts(self, texts: list[str]) -> Tensor:
-        if self._text_encoder is None:
-            self._load_text_encoder()
-        tokens = self._tokenizer(
-            texts, padding="max_length", max_length=MAX_TOKENS, truncation=True, add_special_tokens=True, return_tensors="pt"
-        )
-        with torch.autocast(self.device.type, enabled=False):
-            hidden = self._text_encoder(
-                tokens.input_ids.to(self.device), attention_mask=tokens.attention_mask.to(self.device)
-            )[0]
-        return hidden.to(self.dtype)
 
     # -- images ----------------------------------------------------------------------------------
     def encode_images(self, rgb: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B 3 64 64"]:
@@ -98,9 +69,3 @@ class DeepFloydIFPrior(shared.DiffusersPrior):
 
     def decode(self, latents: Float[Tensor, "B 3 64 64"]) -> Float[Tensor, "B 3 64 64"]:
         return ((latents.float() + 1.0) / 2.0).clamp(0.0, 1.0)
-
-
-def build(config: PriorConfig, device: torch.device) -> DeepFloydIFPrior:
-    """Registry entry point. Extra options of ``PriorConfig`` (when set) pass through by name."""
-    options = config.given("perp_neg", "compile_unet", "cuda_graph", "channels_last")
-    return DeepFloydIFPrior(DeepFloydIFPriorConfig(model=config.model, precision=config.precision, **options), device)

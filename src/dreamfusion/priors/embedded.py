@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,44 +24,34 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from dreamfusion.cameras import VIEW_LABELS, view_suffix
-from dreamfusion.priors.base import PriorError, PromptEmbeddings
+from dreamfusion.priors.base import Precision, PriorError, PromptEmbeddings, choose_dtype
 from dreamfusion.priors.cuda_graph import GraphedForward
-
-if TYPE_CHECKING:
-    from dreamfusion.priors import PriorConfig
+from dreamfusion.sds import GuidanceMode
 
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent.parent / "embedded" / "weights" / "prior.safetensors"
 SAMPLING_GUIDANCE_SCALE = 4.0
 """Guidance that suits drawing images from the embedded prior with DDIM (SDS uses the prior's default, 30)."""
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
 @dataclass(frozen=True)
 class EmbeddedPriorConfig:
     """Where the embedded prior's weights come from and how it runs."""
 
-    weights: str | None = None
-    """Path of a weights file written by `dreamfusion train-prior`; None is the file shipped in the package."""
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    """Inference precision. float32 by default: the model is tiny, and SDS multiplies the difference of two
-    predictions by the guidance scale, which amplifies half-precision rounding."""
+    name: Literal["embedded"] = "embedded"
+    model: str | None = None
+    """A weights file written by `dreamfusion train-prior`, or its output folder; None is the file shipped
+    in the package."""
+    precision: Precision = "auto"
+    """"auto" is float32 everywhere: the model is tiny, and SDS multiplies the difference of two predictions
+    by the guidance scale, which amplifies half-precision rounding."""
     cuda_graph: bool = True
     """On CUDA devices, replay the network's forward from a CUDA graph (at 64x64 and batch 2 it is bound by
     kernel launches)."""
-    perp_neg: bool = True
-    """Perp-Neg guidance (``dreamfusion.sds.perp_neg_score_distillation``): the other views' prompts as
-    negatives. On by default: the view word alone turns objects weakly (the prior draws the asked view in
-    about half of its samples), and Perp-Neg also pushes each camera away from the other views' look.
-    Costs up to two more network evaluations per step. Measured effect in PRIOR.md."""
-    perp_neg_weights: tuple[float, float, float] = (2.0, 1.0, 1.0)
-    """Largest Perp-Neg weight of the front, side and back negative prompts."""
 
     def weights_path(self) -> Path:
         """The weights file; a folder stands for the prior.safetensors in it (e.g. a training output folder)."""
-        if self.weights is None:
+        if self.model is None:
             return SHIPPED_WEIGHTS
-        path = Path(self.weights).expanduser()
+        path = Path(self.model).expanduser()
         return path / "prior.safetensors" if path.is_dir() else path
 
 
@@ -72,7 +62,11 @@ class EmbeddedPrior:
     resolution = 64
     latent_shape = (3, 64, 64)
     default_guidance_scale = 30.0
+    default_guidance_mode: GuidanceMode = "perp_neg"
+    """The view word alone turns objects weakly (the prior draws the asked view in about half of its samples);
+    Perp-Neg also pushes each camera away from the other views' look. Measured effect in PRIOR.md."""
     sampling_guidance_scale = SAMPLING_GUIDANCE_SCALE
+    view_prompts = True
 
     def __init__(self, config: EmbeddedPriorConfig = EmbeddedPriorConfig(), device: torch.device | str = "cpu") -> None:
         path = config.weights_path()
@@ -84,9 +78,7 @@ class EmbeddedPrior:
         self.config = config
         self.path = path
         self.device = torch.device(device)
-        self.dtype = _DTYPES[config.dtype]
-        self.perp_neg = config.perp_neg
-        self.perp_neg_weights = config.perp_neg_weights
+        self.dtype = choose_dtype(config.precision, self.device, torch.float32)
         self._model = None
         self._alphas_cumprod: Tensor | None = None
         self._forward: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None
@@ -117,12 +109,26 @@ class EmbeddedPrior:
         with torch.no_grad():
             return self.model.encode_text(ids).float()
 
+    @staticmethod
+    def check_prompt(prompt: str) -> str:
+        """The prompt in canonical form if the embedded prior can read it; PriorError otherwise. Loads no weights."""
+        from dreamfusion.embedded.vocabulary import has_view, normalize_prompt, tokenize
+
+        text = normalize_prompt(prompt)
+        if has_view(text):
+            raise PriorError(
+                f"leave the view out of the prompt {prompt!r}: the embedded prior appends "
+                "', front view', ', side view', ... itself for each camera"
+            )
+        tokenize(text)
+        return text
+
     def encode_prompt(self, prompt: str, negative_prompt: str = "") -> PromptEmbeddings:
         """One embedding per view ("a red chair, front view", ...), the same without the colour for
         textureless renders ("a chair, front view"), and the empty (or negative) caption."""
-        from dreamfusion.embedded.vocabulary import PAD_ID, SLOT_COLOUR, tokenize, unconditional_tokens
+        from dreamfusion.embedded.vocabulary import PAD_ID, SLOT_COLOUR, normalize_prompt, tokenize, unconditional_tokens
 
-        text = check_prompt(prompt)
+        text = normalize_prompt(prompt)
         tokens = [tokenize(text + view_suffix(label)) for label in VIEW_LABELS]
         colourless = [[PAD_ID if slot == SLOT_COLOUR else token for slot, token in enumerate(ids)] for ids in tokens]
         negative = negative_prompt.strip()
@@ -157,30 +163,3 @@ class EmbeddedPrior:
 
     def decode(self, latents: Float[Tensor, "B 3 64 64"]) -> Float[Tensor, "B 3 64 64"]:
         return ((latents + 1.0) / 2.0).clamp(0.0, 1.0)
-
-
-def check_prompt(prompt: str) -> str:
-    """The prompt in canonical form if the embedded prior can read it; PriorError otherwise. Loads no weights."""
-    from dreamfusion.embedded.vocabulary import has_view, normalize_prompt, tokenize
-
-    text = normalize_prompt(prompt)
-    if has_view(text):
-        raise PriorError(
-            f"leave the view out of the prompt {prompt!r}: the embedded prior appends "
-            "', front view', ', side view', ... itself for each camera"
-        )
-    tokenize(text)
-    return text
-
-
-_PRECISIONS = {"auto": "float32", "fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-
-
-def build(config: PriorConfig, device: torch.device) -> EmbeddedPrior:
-    """Registry entry point: ``config.model`` is a weights file or a training output folder (None: shipped)."""
-    return EmbeddedPrior(
-        EmbeddedPriorConfig(
-            weights=config.model, dtype=_PRECISIONS[config.precision], **config.given("cuda_graph", "perp_neg")
-        ),
-        device,
-    )

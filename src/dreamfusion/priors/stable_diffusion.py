@@ -28,7 +28,7 @@ Choices:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -38,47 +38,39 @@ from torch import Tensor
 from dreamfusion.priors import _diffusers as shared
 from dreamfusion.priors.base import PriorError
 
-if TYPE_CHECKING:
-    from dreamfusion.priors import PriorConfig
-
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 FETCH_HINT = "huggingface-cli download stabilityai/stable-diffusion-2-1-base --local-dir DIR"
 
 
 @dataclass(frozen=True)
-class StableDiffusionPriorConfig:
+class StableDiffusionPriorConfig(shared.DiffusersPriorConfig):
     """Where the Stable Diffusion weights are and how the prior runs."""
 
-    model: str | None = None
-    """A local diffusers folder (unet/ vae/ text_encoder/ tokenizer/ scheduler/), or a model id in the local cache."""
-    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    """"auto": fp16 on CUDA, fp32 on CPU (half precision is never used on CPU)."""
+    name: Literal["sd"] = "sd"
     resolution: int = 64
     """Side of the render the prior expects (the trainer resizes renders to it)."""
     vae_resolution: int | None = None
     """Side the render is upsampled to before the VAE; None is the model's native size (U-Net sample_size x 8)."""
     latent: Literal["mean", "sample"] = "mean"
     """Which VAE posterior latent SDS acts on (see the module docstring)."""
-    guidance_scale: float = 100.0
-    sampling_guidance_scale: float = 7.5
-    release_text_encoder: bool = True
-    channels_last: bool = False
-    compile_unet: bool = False
-    cuda_graph: bool = True
-    """Replay the U-Net forward from a CUDA graph (CUDA devices only): 42 -> 11 ms per CFG forward on an H200."""
     compile_vae: bool = False
     """torch.compile the VAE encoder's forward and backward (fuses its GroupNorm and SiLU kernels)."""
     vae_slicing: bool = False
-    perp_neg: bool = False
-    """Use Perp-Neg guidance (see ``dreamfusion.sds.perp_neg_score_distillation``); needs the trainer's support."""
-    perp_neg_weights: tuple[float, float, float] = (2.0, 1.0, 1.0)
-    """Largest Perp-Neg weight of the front, side and back negative prompts."""
+    """Encode a batch one image at a time (less memory, slower)."""
+
+    def __post_init__(self) -> None:
+        if self.resolution <= 0 or (self.vae_resolution is not None and self.vae_resolution <= 0):
+            raise ValueError("sd resolution and vae_resolution must be positive")
 
 
 class StableDiffusionPrior(shared.DiffusersPrior):
     """Implements ``DiffusionPrior`` with a diffusers Stable Diffusion folder."""
 
     name = "sd"
+    default_guidance_scale = 100.0
+    sampling_guidance_scale = 7.5
+    text_encoder_class = "CLIPTextModel"
+    text_encoder_label = "text encoder"
 
     def __init__(self, config: StableDiffusionPriorConfig, device: torch.device | str = "cpu") -> None:
         diffusers = self._open_folder(config, device, prior="sd", subfolders=SUBFOLDERS, fetch_hint=FETCH_HINT)
@@ -140,27 +132,6 @@ class StableDiffusionPrior(shared.DiffusersPrior):
         if config.compile_vae:
             self._encode_latents = torch.compile(self._posterior_latents, backend=self.compile_backend)
 
-    # -- text ------------------------------------------------------------------------------------
-    def _load_text_encoder(self) -> None:
-        if self.path is None:
-            raise PriorError("this prior was built from components and its text encoder was released; embed prompts before releasing it")
-        transformers = shared.import_transformers()
-        self._tokenizer = shared.load_component(transformers.AutoTokenizer.from_pretrained, self.path, "tokenizer", "tokenizer")
-        encoder = shared.load_component(
-            transformers.CLIPTextModel.from_pretrained, self.path, "text_encoder", "text encoder", dtype=self.dtype
-        )
-        self._text_encoder = shared.load_frozen(encoder, self.device, self.dtype)
-
-    def _embed_texts(self, texts: list[str]) -> Tensor:
-        if self._text_encoder is None:
-            self._load_text_encoder()
-        tokens = self._tokenizer(
-            texts, padding="max_length", max_length=self._tokenizer.model_max_length, truncation=True, return_tensors="pt"
-        )
-        with torch.autocast(self.device.type, enabled=False):
-            hidden = self._text_encoder(tokens.input_ids.to(self.device))[0]
-        return hidden.to(self.dtype)
-
     # -- images ----------------------------------------------------------------------------------
     def encode_images(self, rgb: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B 4 h w"]:
         """rgb [0, 1] -> bilinear to ``vae_resolution`` -> [-1, 1] -> VAE posterior mean (or sample) x scaling; float32, differentiable."""
@@ -184,9 +155,3 @@ class StableDiffusionPrior(shared.DiffusersPrior):
         with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
             images = self.vae.decode((latents.float() / self.scaling_factor).to(self.device, self.dtype)).sample
         return ((images.float() + 1.0) / 2.0).clamp(0.0, 1.0)
-
-
-def build(config: PriorConfig, device: torch.device) -> StableDiffusionPrior:
-    """Registry entry point. Extra options of ``PriorConfig`` (when set) pass through by name."""
-    options = config.given("vae_resolution", "perp_neg", "compile_unet", "compile_vae", "cuda_graph", "channels_last")
-    return StableDiffusionPrior(StableDiffusionPriorConfig(model=config.model, precision=config.precision, **options), device)
