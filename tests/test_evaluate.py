@@ -14,6 +14,8 @@ from dreamfusion.embedded.probe import Probe, ProbeModelConfig, ProbeNet, ProbeP
 from dreamfusion.evaluate import (
     Eval3DConfig,
     ProbeEvaluation,
+    albedo_noise,
+    align,
     best_turn,
     evaluate_3d,
     evaluation_cameras,
@@ -178,3 +180,38 @@ def test_evaluate_3d_of_an_empty_field_scores_an_empty_grid() -> None:
     result = evaluate_3d(scene, "a red chair", probe, "cpu", config)
     assert result.occupied_voxels == 0 and result.occupancy_iou == 0.0 and result.true_voxels > 0
     assert len(result.views) == result.probe.count == 2
+
+
+def test_alignment_names_what_costs_the_iou() -> None:
+    """The true house moved, shrunk or turned is found again; what no alignment recovers is shape."""
+    config = Eval3DConfig(grid_resolution=32)
+    R, b = config.grid_resolution, config.grid_bound
+
+    def aligned(occupied: torch.Tensor):
+        canonical = occupancy_iou(occupied, occupancy_grid("house", R, b))
+        return canonical, align(occupied, "house", canonical, config)
+
+    iou, moved = aligned(occupancy_grid("house", R, b, offset=(0.3, 0.0, 0.0)))
+    assert iou < 0.6 and moved.position_iou > 0.9 and moved.loss == "position"
+    iou, small = aligned(occupancy_grid("house", R, b, scale=0.6))
+    assert iou < 0.5 and small.aligned_iou > 0.6 and small.loss == "scale" and 0.5 < small.scale < 0.7
+    iou, turned = aligned(occupancy_grid("house", R, b, turn_degrees=90.0))
+    assert turned.turn_iou > 0.95 and turned.turn_degrees == 90.0 and turned.loss == "orientation"
+    iou, wrong = aligned(occupancy_grid("torus", R, b))
+    assert wrong.aligned_iou < 0.5 and wrong.loss == "shape"
+    # A thick field holds more voxels than the true object grown to its size; a scaled one does not.
+    thick = torch.nn.functional.max_pool3d(occupancy_grid("torus", R, b).float()[None, None], 3, 1, 1)[0, 0] > 0
+    assert align(thick, "torus", occupancy_iou(thick, occupancy_grid("torus", R, b)), config).thickness > 1.5
+    assert 0.8 < aligned(occupancy_grid("house", R, b, scale=0.6))[1].thickness < 1.25
+
+
+def test_albedo_noise_is_the_colour_spread_over_solid_pixels() -> None:
+    views = torch.zeros(2, 8, 8, 4)
+    views[..., :3] = 0.5
+    views[:, 2:6, 2:6, 3] = 1.0  # a solid 4x4 square in each view
+    assert albedo_noise(views) == pytest.approx(0.0)
+    speckled = views.clone()
+    speckled[0, 2:6, 2:6, :3] = torch.tensor([0.4, 0.6]).repeat(8)[:, None, None].reshape(4, 4, 1)
+    expected = torch.tensor([0.4, 0.6]).repeat(8).std().item() / 2  # the second view is clean
+    assert albedo_noise(speckled) == pytest.approx(expected)
+    assert albedo_noise(torch.zeros(1, 8, 8, 4)) is None  # nothing solid to measure

@@ -33,6 +33,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -164,6 +165,86 @@ def best_turn(
     return scores[best], turns[best]
 
 
+def _filled_points(occupied: Bool[Tensor, "R R R"], bound: float) -> Float[Tensor, "N 3"]:
+    return -bound + 2.0 * bound * occupied.nonzero().float() / (occupied.shape[0] - 1)
+
+
+def centroid(occupied: Bool[Tensor, "R R R"], bound: float) -> Float[Tensor, "3"]:
+    """Mean position of the filled voxels (the origin for an empty grid)."""
+    points = _filled_points(occupied, bound)
+    return points.mean(0) if points.shape[0] else torch.zeros(3)
+
+
+def spread(occupied: Bool[Tensor, "R R R"], bound: float) -> float:
+    """Root-mean-square distance of the filled voxels from their centre: a size that thin parts do not skew."""
+    points = _filled_points(occupied, bound)
+    return float((points - points.mean(0)).square().sum(-1).mean().sqrt()) if points.shape[0] else 0.0
+
+
+LossSource = Literal["orientation", "position", "scale", "shape"]
+ALIGNMENT_SCALES = (0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.4)
+"""Scales tried about the one that matches the sizes (``spread``)."""
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """Where the IoU against the true object is lost: each figure aligns one more thing (a diagnostic; the
+    canonical IoU is the score). The true object is turned about the vertical axis, then its centre is moved
+    onto the field's, then it is scaled about that centre."""
+
+    turn_iou: float
+    position_iou: float
+    """Best turn, with the centres matched."""
+    aligned_iou: float
+    """Best turn, centres matched, and the best scale."""
+    turn_degrees: float
+    scale: float
+    offset: tuple[float, float, float]
+    thickness: float
+    """Field voxels over those of the true object grown to the field's size (``spread``): above 1 the field is
+    too thick (a bloated or hazy version of the shape), below 1 too thin."""
+    loss: LossSource
+    """What costs the most IoU: the largest of the gains of orientation, position and scale, and of what no
+    alignment recovers (shape)."""
+
+
+def align(occupied: Bool[Tensor, "R R R"], kind: str, canonical_iou: float, config: Eval3DConfig) -> Alignment:
+    """The ``Alignment`` of the field's filled voxels with the true object ``kind``."""
+    resolution, bound = config.grid_resolution, config.grid_bound
+    turns = [360.0 * k / config.turns for k in range(config.turns)]
+    centre = centroid(occupied, bound)
+
+    def fitted(turn: float, scale: float) -> tuple[float, tuple[float, float, float], Bool[Tensor, "R R R"]]:
+        offset = centre - scale * centroid(occupancy_grid(kind, resolution, bound, turn), bound)
+        moved = tuple(float(v) for v in offset)
+        truth = occupancy_grid(kind, resolution, bound, turn, scale, moved)  # type: ignore[arg-type]
+        return occupancy_iou(occupied, truth), moved, truth  # type: ignore[return-value]
+
+    turn_iou = max(occupancy_iou(occupied, occupancy_grid(kind, resolution, bound, turn)) for turn in turns)
+    positioned = {turn: fitted(turn, 1.0) for turn in turns}
+    best_turn_degrees = max(turns, key=lambda turn: positioned[turn][0])
+    position_iou = positioned[best_turn_degrees][0]
+    size_scale = spread(occupied, bound) / max(spread(occupancy_grid(kind, resolution, bound), bound), 1e-6)
+    candidates = {1.0: positioned[best_turn_degrees]} | {
+        size_scale * factor: fitted(best_turn_degrees, size_scale * factor) for factor in ALIGNMENT_SCALES if size_scale > 0
+    }
+    scale = max(candidates, key=lambda value: candidates[value][0])
+    aligned_iou, offset, _ = candidates[scale]
+    true_voxels = max(int(occupancy_grid(kind, resolution, bound).sum()), 1)
+    thickness = int(occupied.sum()) / (true_voxels * max(size_scale, 1e-6) ** 3)
+    gains = {
+        "orientation": turn_iou - canonical_iou,
+        "position": position_iou - turn_iou,
+        "scale": aligned_iou - position_iou,
+        "shape": 1.0 - aligned_iou,
+    }
+    return Alignment(
+        turn_iou=turn_iou, position_iou=position_iou, aligned_iou=aligned_iou, turn_degrees=best_turn_degrees,
+        scale=scale, offset=offset, thickness=thickness,
+        loss=max(gains, key=gains.__getitem__),  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
 # ----- the 3D evaluation -----------------------------------------------------------------------------
 
 
@@ -227,6 +308,8 @@ class HeadlineScores:
     janus_rate: float | None
     occupancy_iou: float
     best_turn_iou: float
+    aligned_iou: float
+    albedo_noise: float | None
     mesh_occupancy_iou: float | None = None
     """IoU of the exported mesh against the true object (None: no mesh)."""
     mesh_silhouette_iou: float | None = None
@@ -269,6 +352,10 @@ class Eval3DResult:
     """The largest IoU against the true object turned about the vertical axis (a diagnostic, not the score)."""
     best_turn_degrees: float
     """The turn that gives it, counter-clockwise seen from above."""
+    alignment: Alignment
+    """Where the IoU is lost: orientation, position, scale or shape (a diagnostic, not the score)."""
+    albedo_noise: float | None
+    """Speckle of the learned colour (see ``albedo_noise``); None when no view shows the object."""
     density_threshold: float | None
     """None: the hidden-voxel rule."""
     occupied_voxels: int
@@ -287,7 +374,8 @@ class Eval3DResult:
         p = self.probe
         m = self.mesh
         return HeadlineScores(p.object_accuracy, p.colour_accuracy, p.object_colour_accuracy, p.view_accuracy,
-                              p.janus_rate, self.occupancy_iou, self.best_turn_iou,
+                              p.janus_rate, self.occupancy_iou, self.best_turn_iou, self.alignment.aligned_iou,
+                              self.albedo_noise,
                               None if m is None else m.occupancy_iou, None if m is None else m.silhouette_iou,
                               None if m is None else m.colour_difference)  # fmt: skip
 
@@ -307,6 +395,11 @@ class Eval3DResult:
             + (" hidden from all axis directions)" if self.density_threshold is None else f" density > {self.density_threshold:.1f})"),
             f"  best IoU against the object turned about the vertical axis: {self.best_turn_iou:.3f}"
             f" at {self.best_turn_degrees:.1f} degrees",
+            f"  aligned IoU {self.alignment.aligned_iou:.3f} (turned {self.alignment.turn_degrees:.1f} degrees, centres"
+            f" matched: {self.alignment.position_iou:.3f}, scaled {self.alignment.scale:.2f}); thickness"
+            f" {self.alignment.thickness:.2f} (1: as the object); most IoU is lost to {self.alignment.loss}",
+            f"  albedo noise {'n/a' if self.albedo_noise is None else f'{self.albedo_noise:.3f}'} (speckle: the colour's"
+            " standard deviation over the object's solid pixels)",
             self.mesh.summary() if self.mesh is not None else f"  {self.mesh_note or 'no mesh scores'}",
         ]
         return "\n".join(lines)
@@ -337,6 +430,26 @@ def _clamped_colour(out: RenderOutput, cameras: CameraBatch) -> Float[Tensor, "b
     return out.rgb.clamp(0, 1)
 
 
+def _colour_and_opacity(out: RenderOutput, cameras: CameraBatch) -> Float[Tensor, "b h w 4"]:
+    return torch.cat((out.rgb.clamp(0, 1), out.opacity), dim=-1)
+
+
+SOLID_OPACITY = 0.95
+"""Pixels at least this opaque are the object's own colour, not blended with the background."""
+
+
+def albedo_noise(views: Float[Tensor, "B H W 4"], min_pixels: int = 16) -> float | None:
+    """Speckle: the standard deviation of the albedo over each view's solid pixels (rgb, opacity channels),
+    averaged over the channels and the views that show at least ``min_pixels`` of them. The objects of the
+    vocabulary have one colour each, so a clean albedo gives about 0. None when no view shows the object."""
+    per_view = []
+    for view in views:
+        solid = view[..., :3][view[..., 3] >= SOLID_OPACITY]
+        if solid.shape[0] >= min_pixels:
+            per_view.append(float(solid.std(dim=0).mean()))
+    return sum(per_view) / len(per_view) if per_view else None
+
+
 def evaluate_3d(
     scene: Scene,
     prompt: str,
@@ -355,6 +468,8 @@ def evaluate_3d(
             scene.occupancy = None
     cameras = evaluation_cameras(config)
     looks = [probe.classify(render_scene_views(scene, cameras, mode, config)) for mode in config.shading]
+    background = Background(BackgroundConfig(kind="random_solid", eval_colour=config.background)).to(scene.device)
+    albedo = scene.render_views(cameras, _colour_and_opacity, background=background, max_rays=config.max_rays)
     prediction = ProbePrediction.mean(looks)
     n = cameras.batch_size
     true_object = torch.full((n,), OBJECT_KINDS.index(kind))
@@ -378,10 +493,11 @@ def evaluate_3d(
     occupied = field_occupancy(scene.field, config.grid_resolution, config.grid_bound, threshold)
     truth = occupancy_grid(kind, config.grid_resolution, config.grid_bound)
     best_iou, best_degrees = best_turn(occupied, truth, kind, config)
+    canonical = occupancy_iou(occupied, truth)
     return Eval3DResult(
         prompt=prompt, kind=kind, colour=colour, view_identifiable=kind not in VIEW_SYMMETRIC_KINDS, probe=scores,
-        occupancy_iou=occupancy_iou(occupied, truth), best_turn_iou=best_iou, best_turn_degrees=best_degrees,
-        density_threshold=threshold,
+        occupancy_iou=canonical, best_turn_iou=best_iou, best_turn_degrees=best_degrees,
+        alignment=align(occupied, kind, canonical, config), albedo_noise=albedo_noise(albedo), density_threshold=threshold,
         occupied_voxels=int(occupied.sum()), true_voxels=int(truth.sum()), views=tuple(records), config=config,
     )  # fmt: skip
 

@@ -286,13 +286,23 @@ def grid_points(resolution: int, bound: float, device: torch.device | str = "cpu
     return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)
 
 
-def occupancy_grid(kind: str, resolution: int = 64, bound: float = 1.0, turn_degrees: float = 0.0) -> Bool[Tensor, "R R R"]:
+def occupancy_grid(
+    kind: str,
+    resolution: int = 64,
+    bound: float = 1.0,
+    turn_degrees: float = 0.0,
+    scale: float = 1.0,
+    offset: tuple[float, float, float] = (0.0, 0.0, 0.0),
+) -> Bool[Tensor, "R R R"]:
     """Inside (sdf < 0) on a regular grid over [-bound, bound]^3, indexed [x, y, z] ("ij"): entry [i, j, k]
     is the point (-bound + 2 bound i / (R - 1), same for j along y, k along z). For the 3D IoU metric.
-    ``turn_degrees``: the object turned about the vertical (z) axis, counter-clockwise seen from above."""
+    The object is turned by ``turn_degrees`` about the vertical (z) axis (counter-clockwise seen from above),
+    then scaled by ``scale`` and moved by ``offset``."""
     points = grid_points(resolution, bound).reshape(-1, 3)
+    # A point of the moved object is the original point moved back: shifted, scaled, then turned back.
+    points = (points - torch.tensor(offset)) / scale
     if turn_degrees:
-        angle = math.radians(turn_degrees)  # a point of the turned object is the original point turned back
+        angle = math.radians(turn_degrees)
         cos, sin = math.cos(angle), math.sin(angle)
         x, y = points[:, 0], points[:, 1]
         points = torch.stack((cos * x + sin * y, -sin * x + cos * y, points[:, 2]), dim=1)
