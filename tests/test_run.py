@@ -164,3 +164,25 @@ def test_a_prompt_is_checked_once_by_the_chosen_prior_before_anything_loads() ->
     assert validate_prompt("a DSLR photo of a spaceship", prior_config("sd", model="/nowhere")) == "a DSLR photo of a spaceship"
     with pytest.raises(RunError, match="empty"):
         validate_prompt(" \n", prior_config("analytic"))
+
+
+def test_a_collapsed_run_starts_over_on_the_next_seed(tmp_path: Path) -> None:
+    """Every view counts as haze here (a limit below the blob's opacity): the run starts over twice, then, with
+    no restarts left, finishes its last attempt."""
+    import yaml
+
+    from dreamfusion.run import generate
+
+    config = tiny_config(trainer={"iters": 30, "log_every": 5, "checkpoint_every": 10},
+                         collapse={"haze_opacity": 0.01, "restarts": 2, "window": 10, "after": 0, "until": 1.0})
+    out = tmp_path / "run"
+    result = generate(config, out)
+    log = (out / "run.log").read_text()
+    assert log.count("a haze fills every view") == 2 and "started over on seed 1" in log and "started over on seed 2" in log
+    assert sum("started over" in note for note in result.notes) == 2
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[0] == 0 and steps[-1] == 29  # only the last attempt's lines
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["attempt"] == 2 and state["step"] == 30
+    assert yaml.safe_load((out / "config.yaml").read_text())["seed"] == config.seed  # the config says what was asked
+    assert (out / "preview.png").is_file()

@@ -142,7 +142,7 @@ def generate(
         progress.start()
 
     def on_step(metrics: Any) -> None:
-        progress.update(task, advance=1, speed=metrics.it_per_s, loss=metrics.loss)
+        progress.update(task, completed=metrics.step + 1, speed=metrics.it_per_s, loss=metrics.loss)
 
     try:
         result = run_generate(

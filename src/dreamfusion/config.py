@@ -11,6 +11,7 @@ from typing import Any, Literal
 import yaml
 
 from dreamfusion.cameras import CameraConfig, TurntableConfig
+from dreamfusion.collapse import CollapseConfig
 from dreamfusion.export.mesh import MeshExportConfig
 from dreamfusion.field import FieldConfig, HashGridConfig
 from dreamfusion.guidance import GuidanceConfig
@@ -41,6 +42,8 @@ class RunConfig:
     shading: ShadingConfig = ShadingConfig()
     guidance: GuidanceConfig = GuidanceConfig()
     trainer: TrainerConfig = TrainerConfig()
+    collapse: CollapseConfig = CollapseConfig()
+    """A run that fills its views with haze, or empties, early on starts over on the next seed."""
     turntable: TurntableConfig = TurntableConfig()
     mesh: MeshExportConfig = MeshExportConfig(resolution=128)
     """The mesh.glb a run writes (``dreamfusion export`` makes others, at grid 256 by default)."""

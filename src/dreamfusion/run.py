@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from dreamfusion.collapse import CollapseWatch, RunCollapsed, attempt_seed
 from dreamfusion.config import RunConfig, dump_config, load_config, with_defaults
 from dreamfusion.distributed import (
     DistributedContext,
@@ -286,25 +287,50 @@ def _generate(
     if on_start is not None and main:
         on_start(trainer)
     watch = EmptyFieldWatch(run_dir) if main else None
+    collapses = CollapseWatch(config.collapse, config.trainer.iters)
+    restarts: list[str] = []
 
     def step_done(metrics: StepMetrics) -> None:
-        if watch is not None and metrics.step % config.trainer.log_every == 0:
-            watch.see(metrics)
+        if metrics.step % config.trainer.log_every == 0 and not metrics.skipped:
+            if watch is not None:
+                watch.see(metrics)
+            collapse = collapses.see(metrics.step, metrics.opacity)
+            if collapse is not None and trainer.attempt < config.collapse.restarts:
+                raise RunCollapsed(collapse)  # every rank sees the same opacity: all of them stop here
         if on_step is not None and main:
             on_step(metrics)
 
-    try:
-        result = trainer.fit(run_dir, on_step=step_done)
-    except TrainingError as error:
-        if main:
-            log_line(run_dir, f"error: {error}")
-        raise
+    while True:
+        try:
+            result = trainer.fit(run_dir, on_step=step_done)
+            break
+        except RunCollapsed as stop:
+            attempt = trainer.attempt + 1
+            note = (f"{stop.collapse.describe()}; started over on seed {attempt_seed(config.seed, attempt)} "
+                    f"(restart {attempt} of at most {config.collapse.restarts})")  # fmt: skip
+            restarts.append(note)
+            if main:
+                log_line(run_dir, note)
+                _discard_attempt(run_dir)
+            trainer = Trainer(config, prior, device, context, attempt=attempt)
+            collapses = CollapseWatch(config.collapse, config.trainer.iters)
+            barrier(context)
+        except TrainingError as error:
+            if main:
+                log_line(run_dir, f"error: {error}")
+            raise
     outputs = None
     if main:
         log_line(run_dir, f"trained to step {result.steps} in {result.seconds:.1f} s, {result.skipped_steps} steps skipped")
         outputs = write_outputs(trainer, run_dir)
     written, notes = broadcast_from_main(context, outputs)  # also keeps the other ranks until the outputs exist
-    return GenerateResult(run_dir=run_dir, train=result, device=device, written=written, notes=notes)
+    return GenerateResult(run_dir=run_dir, train=result, device=device, written=written, notes=restarts + notes)
+
+
+def _discard_attempt(run_dir: Path) -> None:
+    """Before a collapsed run starts over: its metrics and any checkpoint belong to the abandoned attempt."""
+    truncate_metrics(run_dir / "metrics.jsonl", 0)
+    (run_dir / "checkpoint.pt").unlink(missing_ok=True)
 
 
 def _repair_logs(run_dir: Path, step: int) -> None:

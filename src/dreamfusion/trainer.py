@@ -16,6 +16,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from dreamfusion.cameras import CameraBatch, sample_cameras
+from dreamfusion.collapse import attempt_seed
 from dreamfusion.distributed import DistributedContext, all_reduce_mean, gather_to_main, rank_seed
 from dreamfusion.errors import TrainingError
 from dreamfusion.field import FieldOutput, NeRFField
@@ -238,16 +239,24 @@ class Trainer:
     """
 
     def __init__(
-        self, config: RunConfig, prior: DiffusionPrior, device: torch.device, context: DistributedContext | None = None
+        self,
+        config: RunConfig,
+        prior: DiffusionPrior,
+        device: torch.device,
+        context: DistributedContext | None = None,
+        attempt: int = 0,
     ) -> None:
-        torch.manual_seed(config.seed)  # parameter initialization only (the same on every rank)
+        """``attempt`` > 0 starts the run over on another seed (``collapse.attempt_seed``) after a collapse."""
+        seed = attempt_seed(config.seed, attempt)
+        torch.manual_seed(seed)  # parameter initialization only (the same on every rank)
         self.config = config
         self.prior = prior
         self.device = device
         self.context = context if context is not None else DistributedContext.single(device)
         self.field = NeRFField(config.field).to(device)
         self.background = Background(config.background).to(device)
-        self.rng = RandomState.seeded(rank_seed(config.seed, self.context.rank), device)
+        self.rng = RandomState.seeded(rank_seed(seed, self.context.rank), device)
+        self.attempt = attempt
         self.renderer: nn.Module = SceneRenderer(self.field, self.background, config.trainer.compile_field)
         if self.context.distributed:
             # Broadcasts rank 0's parameters; a random solid background leaves its MLP without gradients.
@@ -436,6 +445,7 @@ class Trainer:
         return {
             "version": CHECKPOINT_VERSION,
             "step": self.step,
+            "attempt": self.attempt,
             "skipped_steps": self.skipped_steps,
             "nonfinite_in_row": self.nonfinite_in_row,
             "field": self.field.state_dict(),
@@ -484,6 +494,7 @@ class Trainer:
         except (RuntimeError, KeyError, ValueError) as error:
             raise TrainingError(f"{path} does not fit this model ({str(error).splitlines()[0]})") from None
         self.step = int(state["step"])
+        self.attempt = int(state.get("attempt", 0))
         self.last_checkpoint_step = self.step
         self.skipped_steps = int(state["skipped_steps"])
         self.nonfinite_in_row = int(state["nonfinite_in_row"])
