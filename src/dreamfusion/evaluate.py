@@ -181,7 +181,9 @@ def spread(occupied: Bool[Tensor, "R R R"], bound: float) -> float:
     return float((points - points.mean(0)).square().sum(-1).mean().sqrt()) if points.shape[0] else 0.0
 
 
-LossSource = Literal["orientation", "position", "scale", "shape"]
+LossSource = Literal["orientation", "position", "scale", "thickness", "shape"]
+THICKNESS_TOLERANCE = 1.5
+"""A field more than this many times as thick as the object, or as thin, counts as the wrong thickness."""
 ALIGNMENT_SCALES = (0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.4)
 """Scales tried about the one that matches the sizes (``spread``)."""
 
@@ -204,8 +206,8 @@ class Alignment:
     """Field voxels over those of the true object grown to the field's size (``spread``): above 1 the field is
     too thick (a bloated or hazy version of the shape), below 1 too thin."""
     loss: LossSource
-    """What costs the most IoU: the largest of the gains of orientation, position and scale, and of what no
-    alignment recovers (shape)."""
+    """What costs the most IoU: the largest of the gains of orientation, position and scale, or of what no
+    alignment recovers, which is called thickness when the field is far too thick or thin, else shape."""
 
 
 def align(occupied: Bool[Tensor, "R R R"], kind: str, canonical_iou: float, config: Eval3DConfig) -> Alignment:
@@ -238,10 +240,13 @@ def align(occupied: Bool[Tensor, "R R R"], kind: str, canonical_iou: float, conf
         "scale": aligned_iou - position_iou,
         "shape": 1.0 - aligned_iou,
     }
+    loss = max(gains, key=gains.__getitem__)
+    if loss == "shape" and not 1 / THICKNESS_TOLERANCE <= thickness <= THICKNESS_TOLERANCE:
+        loss = "thickness"
     return Alignment(
         turn_iou=turn_iou, position_iou=position_iou, aligned_iou=aligned_iou, turn_degrees=best_turn_degrees,
         scale=scale, offset=offset, thickness=thickness,
-        loss=max(gains, key=gains.__getitem__),  # type: ignore[arg-type]
+        loss=loss,  # type: ignore[arg-type]
     )  # fmt: skip
 
 
