@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("dreamfusion.geometry", "dreamfusion.renderer", "dreamfusion.regularizers", "dreamfusion.scene", "dreamfusion.sdf_field",
      "dreamfusion.procedural"),
     ("dreamfusion.priors", "dreamfusion.embedded", "dreamfusion.guidance", "dreamfusion.export"),
-    ("dreamfusion.trainer",),
+    ("dreamfusion.trainer", "dreamfusion.refine"),
     ("dreamfusion.config",),
     ("dreamfusion.run",),
     ("dreamfusion.evaluate", "dreamfusion.evaluate_clip", "dreamfusion.viewer", "dreamfusion.batch"),

@@ -135,10 +135,10 @@ def generate(
     if run_config.trainer.compile_field:
         console.print("compiling with torch.compile: the first steps wait for it (minutes the first time, then cached)")
     progress = _progress()
-    task = progress.add_task("optimizing", total=run_config.trainer.iters, speed=0.0, loss=float("nan"))
+    task = progress.add_task("optimizing", total=run_config.total_steps, speed=0.0, loss=float("nan"))
 
     def on_start(trainer: Any) -> None:  # the bar appears once the run has passed every check
-        progress.update(task, completed=trainer.step, total=trainer.config.trainer.iters)
+        progress.update(task, completed=trainer.step, total=trainer.config.total_steps)
         progress.start()
 
     def on_step(metrics: Any) -> None:

@@ -17,6 +17,7 @@ from dreamfusion.field import FieldConfig, HashGridConfig
 from dreamfusion.guidance import GuidanceConfig
 from dreamfusion.priors import PRIORS, PriorConfig
 from dreamfusion.priors.embedded import EmbeddedPriorConfig
+from dreamfusion.refine import RefineConfig
 from dreamfusion.renderer import RendererConfig
 from dreamfusion.schedules import Ramp
 from dreamfusion.shading import BackgroundConfig, ShadingConfig
@@ -42,6 +43,8 @@ class RunConfig:
     shading: ShadingConfig = ShadingConfig()
     guidance: GuidanceConfig = GuidanceConfig()
     trainer: TrainerConfig = TrainerConfig()
+    refine: RefineConfig = RefineConfig()
+    """The surface stage after the NeRF (off while ``refine.iters`` is 0)."""
     collapse: CollapseConfig = CollapseConfig()
     """A run that fills its views with haze, or empties, early on starts over on the next seed."""
     turntable: TurntableConfig = TurntableConfig()
@@ -50,6 +53,15 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_seed(self.seed)
+        if self.refine.iters > 0 and self.refine.resolution < self.camera.resolution:
+            raise ValueError(
+                f"refine resolution ({self.refine.resolution}) must be at least camera resolution ({self.camera.resolution})"
+            )
+
+    @property
+    def total_steps(self) -> int:
+        """Steps of the whole run: the NeRF's, then the surface stage's."""
+        return self.trainer.iters + self.refine.iters
 
     @classmethod
     def from_saved(cls, data: dict[str, Any]) -> RunConfig:

@@ -9,8 +9,9 @@ noise predictors; the trainer makes one call per step.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -73,6 +74,16 @@ class Guidance:
         self.scale = prior.default_guidance_scale if config.guidance_scale is None else config.guidance_scale
         self.embeddings: PromptEmbeddings = prior.encode_prompt(prompt, config.negative_prompt).to(device)
         self._autocast = autocast
+        self._antialias = False
+
+    def for_surface_stage(self, timesteps: TimestepRange) -> Guidance:
+        """This guidance for the surface stage (without encoding the prompt again): timesteps from
+        ``timesteps``, and renders larger than the prior's images shrunk with antialiasing, where a plain
+        bilinear resize skips pixels. The coarse stage keeps its plain resize, so its numbers stay as they were."""
+        staged = copy.copy(self)
+        staged.config = replace(self.config, timesteps=timesteps)
+        staged._antialias = True
+        return staged
 
     def __call__(
         self,
@@ -85,8 +96,10 @@ class Guidance:
         """The SDS loss of renders seen from ``cameras``, at ``progress`` in [0, 1] of the run; ``textureless``
         renders are conditioned on the prior's prompts for them. Timesteps and noise come from ``generator``."""
         images = rgb.permute(0, 3, 1, 2)
-        if images.shape[-1] != self.prior.resolution:
-            images = F.interpolate(images, size=(self.prior.resolution,) * 2, mode="bilinear", align_corners=False)
+        side = self.prior.resolution
+        if images.shape[-1] != side:
+            antialias = self._antialias and images.shape[-1] > side
+            images = F.interpolate(images, size=(side, side), mode="bilinear", align_corners=False, antialias=antialias)
         conditional, unconditional = self.embeddings.for_views(cameras.view_labels, textureless)
         negatives = weights = None
         if self.mode == "perp_neg":

@@ -55,6 +55,7 @@ from dreamfusion.field import NeRFField
 from dreamfusion.files import TEMPORARY_GLOB, append_line, end_with_newline, read_jsonl, write_text_atomic
 from dreamfusion.memory import check_size
 from dreamfusion.priors import PriorConfig, build_prior, check_prompt
+from dreamfusion.refine import refine_field
 from dreamfusion.runlock import LOCK_NAME, RunLock, describe_holder, is_locked, lock_run
 from dreamfusion.scene import Scene
 from dreamfusion.shading import Background
@@ -270,12 +271,12 @@ def _generate(
     barrier(context)
     if resume:
         trainer.load_checkpoint(run_dir / "checkpoint.pt")  # every rank reads it
-        if trainer.step >= config.trainer.iters:
+        if trainer.step >= config.total_steps:
             return _finish_outputs(trainer, run_dir, context)
         if main:
             _repair_logs(run_dir, trainer.step)
             write_text_atomic(run_dir / "config.yaml", dump_config(config))  # a new --iters
-            log_line(run_dir, f"resumed at step {trainer.step} of {config.trainer.iters}{_ranks(context)}")
+            log_line(run_dir, f"resumed at step {trainer.step} of {config.total_steps}{_ranks(context)}")
     elif main:
         if overwrite:
             clear_run_files(run_dir)
@@ -351,7 +352,7 @@ def _finish_outputs(trainer: Trainer, run_dir: Path, context: DistributedContext
     if not missing:
         raise RunError(
             f"{run_dir} already finished {trainer.step} steps and has all its outputs; pass a larger --iters to "
-            f"continue (it was made for {config.trainer.iters})"
+            f"continue (it was made for {config.total_steps})"
         )
     outputs = None
     if context.is_main:
@@ -451,7 +452,9 @@ def load_scene(run_dir: Path, device_name: str = "auto") -> tuple[RunConfig, Sce
             f"{run_dir / 'checkpoint.pt'} was not written by the run of {run_dir / 'config.yaml'} "
             f"(they differ in {', '.join(changed[:4])}{', ...' if len(changed) > 4 else ''}); copy a run's files together"
         )
-    field, background = NeRFField(config.field), Background(config.background)
+    # A checkpoint of the surface stage holds the signed distance field that replaced the NeRF.
+    field = refine_field(config.field, config.refine) if state.get("stage") == "refine" else NeRFField(config.field)
+    background = Background(config.background)
     try:
         field.load_state_dict(state["field"])
         background.load_state_dict(state["background"])

@@ -24,9 +24,11 @@ from dreamfusion.files import append_line, write_atomic
 from dreamfusion.geometry import Geometry
 from dreamfusion.guidance import Guidance
 from dreamfusion.priors.base import DiffusionPrior
+from dreamfusion.refine import STAGES, Stage, eikonal_loss, fit_to_nerf, refine_field
 from dreamfusion.regularizers import loss_opacity, loss_orientation
 from dreamfusion.renderer import RendererConfig, RenderOutput, render
 from dreamfusion.schedules import LearningRateSchedule, Ramp
+from dreamfusion.sdf_field import SDFField
 from dreamfusion.sds import SDSOutput
 from dreamfusion.shading import Background, ShadingMode, sample_shading_mode
 
@@ -180,6 +182,10 @@ def check_training_fits(config: RunConfig, device: torch.device) -> None:
     # The finest level alone fills its table once the grid has more cells than the table has rows.
     check_size("field.encoding.log2_table_size", encoding.log2_table_size,
                lambda bits: 2.0**bits * encoding.features_per_level * BYTES_PER_PARAMETER, device)  # fmt: skip
+    refine = config.refine
+    if refine.iters > 0:
+        check_size("refine.resolution", refine.resolution,
+                   lambda side: step_bytes(trainer.batch_size, side, renderer.num_samples + refine.num_importance), device)  # fmt: skip
 
 
 class SceneRenderer(nn.Module):
@@ -236,6 +242,9 @@ class Trainer:
     its own cameras and noise from streams seeded by ``rank_seed``, DDP averages gradients (so N ranks of
     batch b equal one process of batch N b: the SDS loss is averaged over the batch, the regularizers over
     rays), and only the main rank writes metrics and checkpoints.
+
+    With ``refine.iters`` > 0 the run has a second stage (``refine``): after ``trainer.iters`` steps the NeRF is
+    replaced by a signed distance field fitted to its surface, with its own renderer and optimizer.
     """
 
     def __init__(
@@ -257,28 +266,57 @@ class Trainer:
         self.background = Background(config.background).to(device)
         self.rng = RandomState.seeded(rank_seed(seed, self.context.rank), device)
         self.attempt = attempt
-        self.renderer: nn.Module = SceneRenderer(self.field, self.background, config.trainer.compile_field)
-        if self.context.distributed:
-            # Broadcasts rank 0's parameters; a random solid background leaves its MLP without gradients.
-            self.renderer = torch.nn.parallel.DistributedDataParallel(
-                self.renderer,
-                device_ids=[device.index] if device.type == "cuda" else None,
-                find_unused_parameters=config.background.kind == "random_solid",
-            )
-        trainer = config.trainer
-        self.optimizer = torch.optim.Adam(
-            [
-                {"params": self.field.parameters(), "lr": trainer.lr, "base_lr": trainer.lr},
-                {"params": self.background.parameters(), "lr": trainer.background_lr, "base_lr": trainer.background_lr},
-            ],
-            betas=trainer.adam_betas,
-            eps=trainer.adam_eps,
-        )
+        self.stage = Stage.of("coarse", config)
+        self.renderer = self._scene_renderer()
+        self.optimizer = self._optimizer(config.trainer.lr)
         self.step = 0
         self.skipped_steps = 0
         self.nonfinite_in_row = 0
         self.last_checkpoint_step: int | None = None
         self.guidance = Guidance(config.guidance, prior, config.prompt, device, self._autocast)
+
+    def _scene_renderer(self) -> nn.Module:
+        renderer: nn.Module = SceneRenderer(self.field, self.background, self.config.trainer.compile_field)
+        if not self.context.distributed:
+            return renderer
+        # Broadcasts rank 0's parameters; a random solid background leaves its MLP without gradients.
+        return torch.nn.parallel.DistributedDataParallel(
+            renderer,
+            device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            find_unused_parameters=self.config.background.kind == "random_solid",
+        )
+
+    def _optimizer(self, field_lr: float) -> torch.optim.Optimizer:
+        trainer = self.config.trainer
+        return torch.optim.Adam(
+            [
+                {"params": self.field.parameters(), "lr": field_lr, "base_lr": field_lr},
+                {"params": self.background.parameters(), "lr": trainer.background_lr, "base_lr": trainer.background_lr},
+            ],
+            betas=trainer.adam_betas,
+            eps=trainer.adam_eps,
+        )
+
+    # -- stages ---------------------------------------------------------------------------------
+    def _refine_due(self) -> bool:
+        return self.stage.name == "coarse" and self.config.refine.iters > 0 and self.step >= self.config.trainer.iters
+
+    def _enter_refine_stage(self, fit: bool = True) -> None:
+        """Replace the NeRF by a signed distance field (fitted to the NeRF's surface, or left for a checkpoint
+        to fill with ``fit`` False), with a renderer and an optimizer of its own; the background carries over."""
+        config = self.config
+        if fit:
+            try:
+                sdf = fit_to_nerf(self.field, config, attempt_seed(config.seed, self.attempt), self.device)
+            except ValueError as error:
+                raise TrainingError(f"the surface stage cannot start at step {self.step}: {error}") from None
+        else:
+            sdf = refine_field(config.field, config.refine).to(self.device)
+        self.field = sdf
+        self.stage = Stage.of("refine", config)
+        self.renderer = self._scene_renderer()
+        self.optimizer = self._optimizer(config.refine.lr)
+        self.guidance = self.guidance.for_surface_stage(config.refine.timesteps)
 
     # -- one step -------------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -318,22 +356,27 @@ class Trainer:
         )
 
     def _set_learning_rate(self, step: int) -> float:
-        """The schedule's factor on each group's base rate; returns the field's rate."""
-        trainer = self.config.trainer
-        factor = trainer.lr_schedule.factor(step, trainer.iters)
+        """The schedule's factor, over the current stage's steps, on each group's base rate; returns the
+        field's rate."""
+        factor = self.config.trainer.lr_schedule.factor(self.stage.local_step(step), self.stage.steps)
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
-        return trainer.lr * factor
+        return self.optimizer.param_groups[0]["lr"]
 
     def _loss_weights(self, step: int) -> dict[str, float]:
-        """Every ``lambda_*`` of the trainer config at ``step``; it weights the ``loss_*`` of the same name."""
+        """Every ``lambda_*`` of the trainer config at ``step`` and, in the surface stage, of the refine config
+        at the stage's own step; each weights the ``loss_*`` of the same name."""
         trainer = self.config.trainer
-        return {f.name: getattr(trainer, f.name)(step) for f in fields(trainer) if f.name.startswith("lambda_")}
+        weights = {f.name: getattr(trainer, f.name)(step) for f in fields(trainer) if f.name.startswith("lambda_")}
+        if self.stage.name == "refine":
+            refine, local = self.config.refine, self.stage.local_step(step)
+            weights |= {f.name: getattr(refine, f.name)(local) for f in fields(refine) if f.name.startswith("lambda_")}
+        return weights
 
     def _sample_views(self, cameras: CameraBatch | None) -> StepViews:
         config = self.config
         if cameras is None:
-            cameras = sample_cameras(config.camera, config.trainer.batch_size, self.rng.host)
+            cameras = sample_cameras(self.stage.camera, config.trainer.batch_size, self.rng.host)
         shading = sample_shading_mode(config.shading, self.step, self.rng.host)
         return StepViews(cameras.to(self.device), shading)
 
@@ -341,7 +384,7 @@ class Trainer:
         config = self.config
         out = self.renderer(
             views.cameras,
-            config.renderer,
+            self.stage.renderer,
             shading=views.shading,
             ambient=config.shading.ambient,
             diffuse=config.shading.diffuse,
@@ -353,13 +396,16 @@ class Trainer:
         return RenderOutput(**out)
 
     def _guidance_losses(self, out: RenderOutput, views: StepViews, step: int) -> SDSOutput:
-        progress = step / max(self.config.trainer.iters - 1, 1)
+        progress = self.stage.progress(step)
         return self.guidance(out.rgb, views.cameras, views.shading == "textureless", progress, self.rng.host)
 
     def _regularizer_losses(self, out: RenderOutput, weights: dict[str, float]) -> dict[str, Tensor]:
         # Orientation needs normals, which are rendered only while its weight is non-zero.
         orient = loss_orientation(out) if weights["lambda_orient"] > 0 else torch.zeros((), device=self.device)
-        return {"loss_orient": orient, "loss_opacity": loss_opacity(out)}
+        losses = {"loss_orient": orient, "loss_opacity": loss_opacity(out)}
+        if isinstance(self.field, SDFField):
+            losses["loss_eikonal"] = eikonal_loss(self.field, self.rng.device)
+        return losses
 
     def _apply(self, losses: dict[str, Tensor], weights: dict[str, float], out: RenderOutput) -> AppliedStep:
         """Weight the losses by name (a loss without a ``lambda_*`` has weight 1), backpropagate, and take the
@@ -404,13 +450,18 @@ class Trainer:
         """Train until ``stop_at`` (default: the configured iterations), checkpointing into ``run_dir``
         (every rank must call this; only the main rank writes).
 
+        Crossing ``trainer.iters`` with a surface stage to come enters it and writes a checkpoint of its start.
         Raises TrainingError after too many non-finite steps in a row; the last good checkpoint stays.
         """
         trainer = self.config.trainer
-        end = trainer.iters if stop_at is None else min(stop_at, trainer.iters)
+        end = self.config.total_steps if stop_at is None else min(stop_at, self.config.total_steps)
         started = time.perf_counter()
         result = TrainResult(steps=self.step, skipped_steps=self.skipped_steps, seconds=0.0)
         while self.step < end:
+            if self._refine_due():
+                self._enter_refine_stage()
+                if run_dir is not None:
+                    self.save_checkpoint(run_dir / "checkpoint.pt")
             metrics = self.train_step()
             result.last = metrics
             if metrics.skipped and self.nonfinite_in_row >= trainer.max_consecutive_nonfinite:
@@ -445,6 +496,7 @@ class Trainer:
         return {
             "version": CHECKPOINT_VERSION,
             "step": self.step,
+            "stage": self.stage.name,
             "attempt": self.attempt,
             "skipped_steps": self.skipped_steps,
             "nonfinite_in_row": self.nonfinite_in_row,
@@ -486,6 +538,7 @@ class Trainer:
                 f"{path} was written by a run with another config (it differs in {', '.join(changed[:4])}); "
                 "start a new run or pass --overwrite"
             )
+        self._enter_saved_stage(path, state, saved)
         try:
             self.field.load_state_dict(state["field"])
             self.background.load_state_dict(state["background"])
@@ -498,6 +551,21 @@ class Trainer:
         self.last_checkpoint_step = self.step
         self.skipped_steps = int(state["skipped_steps"])
         self.nonfinite_in_row = int(state["nonfinite_in_row"])
+
+    def _enter_saved_stage(self, path: Path, state: dict[str, Any], saved: dict[str, Any]) -> None:
+        """Build the surface stage's field before a checkpoint of that stage is loaded into it. Its start is
+        fixed by the saved trainer.iters, so such a run cannot extend its coarse stage any more."""
+        stage = state.get("stage", "coarse")
+        if stage not in STAGES:
+            raise TrainingError(f"{path} has an unknown stage {stage!r}")
+        if stage == "coarse":
+            return
+        if saved["trainer"]["iters"] != self.config.trainer.iters:
+            raise TrainingError(
+                f"{path} is in its surface stage, which began after trainer.iters = {saved['trainer']['iters']}; "
+                "it cannot be resumed with another --iters"
+            )
+        self._enter_refine_stage(fit=False)
 
     def _rank_rng_state(self, state: dict[str, Any]) -> dict[str, torch.Tensor]:
         """This rank's saved random state. "rng" is rank 0's (and a one-process run's); a rank the checkpoint

@@ -1,9 +1,10 @@
 """Mesh export: the surface the renders show -> marching cubes -> floaters dropped -> colours -> file.
 
 The surface is the density level fitted to the field's rendered outlines (``surface``), made watertight where the
-object is solid; its colours are the albedo a camera sees at it. By default the mesh is simplified, unwrapped
-and its albedo baked into a UV texture (``texture``): GLB gets a PBR material with a base colour texture, OBJ a
-.mtl and a .png beside it; PLY, and any format with ``vertex_colors``, carries colours per vertex instead.
+object is solid (a signed distance field's surface is its exact zero level instead); its colours are the albedo a
+camera sees at it. By default the mesh is simplified, unwrapped and its albedo baked into a UV texture
+(``texture``): GLB gets a PBR material with a base colour texture, OBJ a .mtl and a .png beside it; PLY, and any
+format with ``vertex_colors``, carries colours per vertex instead.
 
 The mesh is extracted in the NeRF's world coordinates (z up, the object inside the bounding sphere of radius
 ``field.bound``). glTF (GLB) is y up by specification and most OBJ viewers assume y up too, so
@@ -38,6 +39,7 @@ from dreamfusion.export.surface import (
 )  # fmt: skip
 from dreamfusion.files import write_bytes_atomic
 from dreamfusion.geometry import Geometry
+from dreamfusion.sdf_field import SDFField
 
 MeshFormat = Literal["glb", "obj", "ply"]
 MESH_FORMATS: tuple[MeshFormat, ...] = ("glb", "obj", "ply")
@@ -211,6 +213,14 @@ def surface_level(field: Geometry, coarse: torch.Tensor, config: MeshExportConfi
     return fit.level, fit.outline_iou
 
 
+def with_exact_level(field: Geometry, config: MeshExportConfig) -> MeshExportConfig:
+    """``config`` with a signed distance field's zero level as its threshold, unless one is set: that level is
+    known exactly, and fitting one to the outlines could only move it."""
+    if config.threshold is None and isinstance(field, SDFField):
+        return replace(config, threshold=field.surface_level())
+    return config
+
+
 def extract_mesh(field, config: MeshExportConfig = MeshExportConfig(), device: torch.device | str | None = None) -> Mesh:
     """The surface the field's renders show, as a closed, coloured (and by default textured) triangle mesh.
 
@@ -218,6 +228,7 @@ def extract_mesh(field, config: MeshExportConfig = MeshExportConfig(), device: t
     fewer than MIN_FACES faces.
     """
     measure = _import("skimage")
+    config = with_exact_level(field, config)
     device = _device_of(field, device)
     chunk = config.chunk or (1 << 18 if device.type == "cuda" else 1 << 14)
     resolution = fine_resolution(config.resolution)
