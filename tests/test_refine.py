@@ -11,7 +11,7 @@ import torch
 from helpers import tiny_config
 
 from dreamfusion.config import PRESETS, RunConfig, build_config
-from dreamfusion.errors import TrainingError
+from dreamfusion.errors import RunError, TrainingError
 from dreamfusion.export.mesh import with_exact_level
 from dreamfusion.priors.analytic import AnalyticPrior, AnalyticPriorConfig
 from dreamfusion.refine import RefineConfig, uniform_ball_points
@@ -146,6 +146,9 @@ def test_a_run_that_ends_in_the_stage_writes_its_outputs_from_the_sdf(tmp_path: 
     level = scene.field.surface_level()
     assert with_exact_level(scene.field, config.mesh).threshold == level
     assert f"surface at density {level:.3g}" in (out / "run.log").read_text()
+    # Resuming the finished run says how to train longer: not with --iters, which the surface stage fixes.
+    with pytest.raises(RunError, match="start a new run to train longer"):
+        generate(_config(), out, resume=True)
 
 
 def test_the_surface_stages_guidance_shrinks_renders_antialiased_and_draws_its_timesteps() -> None:

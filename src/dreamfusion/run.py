@@ -350,10 +350,10 @@ def _finish_outputs(trainer: Trainer, run_dir: Path, context: DistributedContext
     done = TrainResult(steps=trainer.step, skipped_steps=trainer.skipped_steps, seconds=0.0)
     missing = broadcast_from_main(context, missing_outputs(run_dir) if context.is_main else None)
     if not missing:
-        raise RunError(
-            f"{run_dir} already finished {trainer.step} steps and has all its outputs; pass a larger --iters to "
-            f"continue (it was made for {config.total_steps})"
-        )
+        # A surface stage starts where the coarse one ended, so only a run without one can be extended.
+        extend = ("start a new run to train longer (its surface stage began after its coarse steps, which are fixed)"
+                  if trainer.stage.name == "refine" else f"pass a larger --iters to continue (it was made for {config.total_steps})")  # fmt: skip
+        raise RunError(f"{run_dir} already finished {trainer.step} steps and has all its outputs; {extend}")
     outputs = None
     if context.is_main:
         log_line(run_dir, f"resumed a finished run to write its missing outputs: {', '.join(missing)}")
