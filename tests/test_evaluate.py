@@ -187,9 +187,9 @@ def test_alignment_names_what_costs_the_iou() -> None:
     config = Eval3DConfig(grid_resolution=32)
     R, b = config.grid_resolution, config.grid_bound
 
-    def aligned(occupied: torch.Tensor):
-        canonical = occupancy_iou(occupied, occupancy_grid("house", R, b))
-        return canonical, align(occupied, "house", canonical, config)
+    def aligned(occupied: torch.Tensor, kind: str = "house"):
+        truth = occupancy_grid(kind, R, b)
+        return occupancy_iou(occupied, truth), align(occupied, kind, truth, best_turn(occupied, truth, kind, config)[0], config)
 
     iou, moved = aligned(occupancy_grid("house", R, b, offset=(0.3, 0.0, 0.0)))
     assert iou < 0.6 and moved.position_iou > 0.9 and moved.loss == "position"
@@ -201,7 +201,7 @@ def test_alignment_names_what_costs_the_iou() -> None:
     assert wrong.aligned_iou < 0.5 and wrong.loss in ("shape", "thickness")  # a torus is thin for a house of its size
     # A thick field holds more voxels than the true object grown to its size; a scaled one does not.
     thick = torch.nn.functional.max_pool3d(occupancy_grid("torus", R, b).float()[None, None], 3, 1, 1)[0, 0] > 0
-    bloated = align(thick, "torus", occupancy_iou(thick, occupancy_grid("torus", R, b)), config)
+    bloated = aligned(thick, "torus")[1]
     assert bloated.thickness > 1.5 and bloated.loss == "thickness"
     assert 0.8 < aligned(occupancy_grid("house", R, b, scale=0.6))[1].thickness < 1.25
 

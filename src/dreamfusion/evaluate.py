@@ -210,30 +210,32 @@ class Alignment:
     alignment recovers, which is called thickness when the field is far too thick or thin, else shape."""
 
 
-def align(occupied: Bool[Tensor, "R R R"], kind: str, canonical_iou: float, config: Eval3DConfig) -> Alignment:
-    """The ``Alignment`` of the field's filled voxels with the true object ``kind``."""
+def align(
+    occupied: Bool[Tensor, "R R R"], kind: str, truth: Bool[Tensor, "R R R"], turn_iou: float, config: Eval3DConfig
+) -> Alignment:
+    """The ``Alignment`` of the field's filled voxels with the true object ``kind``, given its grid in the
+    canonical pose (``truth``) and the best IoU over its turns (``best_turn``)."""
     resolution, bound = config.grid_resolution, config.grid_bound
     turns = [360.0 * k / config.turns for k in range(config.turns)]
     centre = centroid(occupied, bound)
+    centres = {turn: centroid(occupancy_grid(kind, resolution, bound, turn) if turn else truth, bound) for turn in turns}
 
-    def fitted(turn: float, scale: float) -> tuple[float, tuple[float, float, float], Bool[Tensor, "R R R"]]:
-        offset = centre - scale * centroid(occupancy_grid(kind, resolution, bound, turn), bound)
-        moved = tuple(float(v) for v in offset)
-        truth = occupancy_grid(kind, resolution, bound, turn, scale, moved)  # type: ignore[arg-type]
-        return occupancy_iou(occupied, truth), moved, truth  # type: ignore[return-value]
+    def fitted(turn: float, scale: float) -> tuple[float, tuple[float, float, float]]:
+        offset = tuple(float(v) for v in centre - scale * centres[turn])
+        moved = occupancy_grid(kind, resolution, bound, turn, scale, offset)  # type: ignore[arg-type]
+        return occupancy_iou(occupied, moved), offset  # type: ignore[return-value]
 
-    turn_iou = max(occupancy_iou(occupied, occupancy_grid(kind, resolution, bound, turn)) for turn in turns)
     positioned = {turn: fitted(turn, 1.0) for turn in turns}
     best_turn_degrees = max(turns, key=lambda turn: positioned[turn][0])
     position_iou = positioned[best_turn_degrees][0]
-    size_scale = spread(occupied, bound) / max(spread(occupancy_grid(kind, resolution, bound), bound), 1e-6)
+    size_scale = spread(occupied, bound) / max(spread(truth, bound), 1e-6)
     candidates = {1.0: positioned[best_turn_degrees]} | {
         size_scale * factor: fitted(best_turn_degrees, size_scale * factor) for factor in ALIGNMENT_SCALES if size_scale > 0
     }
     scale = max(candidates, key=lambda value: candidates[value][0])
-    aligned_iou, offset, _ = candidates[scale]
-    true_voxels = max(int(occupancy_grid(kind, resolution, bound).sum()), 1)
-    thickness = int(occupied.sum()) / (true_voxels * max(size_scale, 1e-6) ** 3)
+    aligned_iou, offset = candidates[scale]
+    thickness = int(occupied.sum()) / (max(int(truth.sum()), 1) * max(size_scale, 1e-6) ** 3)
+    canonical_iou = occupancy_iou(occupied, truth)
     gains = {
         "orientation": turn_iou - canonical_iou,
         "position": position_iou - turn_iou,
@@ -502,7 +504,7 @@ def evaluate_3d(
     return Eval3DResult(
         prompt=prompt, kind=kind, colour=colour, view_identifiable=kind not in VIEW_SYMMETRIC_KINDS, probe=scores,
         occupancy_iou=canonical, best_turn_iou=best_iou, best_turn_degrees=best_degrees,
-        alignment=align(occupied, kind, canonical, config), albedo_noise=albedo_noise(albedo), density_threshold=threshold,
+        alignment=align(occupied, kind, truth, best_iou, config), albedo_noise=albedo_noise(albedo), density_threshold=threshold,
         occupied_voxels=int(occupied.sum()), true_voxels=int(truth.sum()), views=tuple(records), config=config,
     )  # fmt: skip
 
