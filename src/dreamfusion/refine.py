@@ -17,7 +17,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from dreamfusion.cameras import CameraConfig
-from dreamfusion.export.surface import fine_resolution, fit_level, sample_coarse, sample_near_surface
+from dreamfusion.export.surface import fine_resolution, fit_rendered_level, sample_coarse
 from dreamfusion.field import FieldConfig
 from dreamfusion.geometry import Geometry
 from dreamfusion.renderer import RendererConfig
@@ -110,12 +110,10 @@ def refine_field(field: FieldConfig, refine: RefineConfig) -> SDFField:
 
 @torch.no_grad()
 def rendered_surface_level(field: Geometry, resolution: int, device: torch.device) -> float:
-    """The density level whose outlines match the field's renders, fitted on a coarse grid and again on the
-    fine band around it, as mesh export does. Raises ValueError when the field renders nothing."""
+    """The density level whose outlines match the field's renders, as mesh export finds it. Raises ValueError
+    when the field renders nothing."""
     coarse = sample_coarse(field, fine_resolution(resolution), device)
-    level = fit_level(coarse, float(field.bound)).level
-    sampled = sample_near_surface(field, coarse, level)
-    return fit_level(sampled.density, sampled.bound).level
+    return fit_rendered_level(field, coarse)[1].level
 
 
 def fit_to_nerf(nerf: Geometry, config: RunConfig, seed: int, device: torch.device) -> SDFField:

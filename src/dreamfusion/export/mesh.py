@@ -31,7 +31,7 @@ from dreamfusion.errors import DreamfusionError
 from dreamfusion.export.surface import (
     SampledField,
     fine_resolution,
-    fit_level,
+    fit_rendered_level,
     sample_coarse,
     sample_near_surface,
     solidify,
@@ -196,21 +196,14 @@ def vertex_normals(vertices: Float[np.ndarray, "V 3"], faces: Int[np.ndarray, "F
     return (normals / np.maximum(length, 1e-12)).astype(np.float32)
 
 
-def surface_level(field: Geometry, coarse: torch.Tensor, config: MeshExportConfig) -> tuple[float, float | None]:
-    """(level, outline IoU): ``config.threshold``, or the level fitted to the field's outlines."""
-    if config.threshold is not None:
-        peak = float(coarse.max())
-        if peak <= config.threshold:
-            raise MeshExportError(
-                f"the field is empty at --threshold {config.threshold:.3g}: its highest density is {peak:.3g}; "
-                "pass a lower --threshold, or none to fit the surface to the renders"
-            )
-        return config.threshold, None
-    try:
-        fit = fit_level(coarse, float(field.bound))
-    except ValueError as error:
-        raise MeshExportError(f"the field is empty: {error}; train longer") from None
-    return fit.level, fit.outline_iou
+def check_threshold(coarse: torch.Tensor, threshold: float) -> None:
+    """MeshExportError when no density of the field reaches ``threshold`` (it would give no surface)."""
+    peak = float(coarse.max())
+    if peak <= threshold:
+        raise MeshExportError(
+            f"the field is empty at --threshold {threshold:.3g}: its highest density is {peak:.3g}; "
+            "pass a lower --threshold, or none to fit the surface to the renders"
+        )
 
 
 def with_exact_level(field: Geometry, config: MeshExportConfig) -> MeshExportConfig:
@@ -235,11 +228,16 @@ def extract_mesh(field, config: MeshExportConfig = MeshExportConfig(), device: t
     coarse = sample_coarse(field, resolution, device, chunk)
     if not torch.isfinite(coarse).all():
         raise MeshExportError("the field's density has NaN or infinite values; the checkpoint is broken")
-    level, outline_iou = surface_level(field, coarse, config)
-    sampled = sample_near_surface(field, coarse, level, chunk)
-    if config.threshold is None:  # refine on the fine grid, whose outlines are sharper
-        fit = fit_level(sampled.density, sampled.bound)
+    if config.threshold is None:
+        try:
+            sampled, fit = fit_rendered_level(field, coarse, chunk)
+        except ValueError as error:
+            raise MeshExportError(f"the field is empty: {error}; train longer") from None
         level, outline_iou = fit.level, fit.outline_iou
+    else:
+        check_threshold(coarse, config.threshold)
+        level, outline_iou = config.threshold, None
+        sampled = sample_near_surface(field, coarse, level, chunk)
     density = solidify(sampled.density, level).cpu().numpy()
     # Pad with empty space so surfaces touching the grid's faces close up (a watertight mesh).
     padded = np.pad(density, 1, mode="constant", constant_values=0.0)

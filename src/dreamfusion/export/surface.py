@@ -212,6 +212,16 @@ def fit_level(density: Float[Tensor, "R R R"], bound: float) -> LevelFit:
     return LevelFit(level, float(((chosen & rendered).sum(-1) / union).float().mean()))
 
 
+def fit_rendered_level(
+    field: Geometry, coarse: Float[Tensor, "C C C"], chunk: int = 1 << 14
+) -> tuple[SampledField, LevelFit]:
+    """The level the field's renders show: fitted on the coarse grid, then again on the fine band sampled around
+    that level, whose outlines are sharper. Raises ValueError when the field renders nothing."""
+    first = fit_level(coarse, float(field.bound))
+    sampled = sample_near_surface(field, coarse, first.level, chunk)
+    return sampled, fit_level(sampled.density, sampled.bound)
+
+
 def solidify(density: Float[Tensor, "R R R"], level: float) -> Float[Tensor, "R R R"]:
     """Close pinholes (gaps of one or two grid points in a wall) and fill cavities sealed inside the object, so
     the surface at ``level`` is watertight where the object is solid and has no inner shells."""
