@@ -70,6 +70,8 @@ def test_resume_continues_and_extends_a_run(tmp_path: Path, tiny_yaml: Path) -> 
         (("generate", "a ball", "--preset", "ultra"), ("unknown preset 'ultra'",)),
         (("generate", "a ball", "--device", "tpu"), ("--device must be auto, cpu or cuda",)),
         (("generate", "a ball", "--guidance-scale", "-3"), ("guidance_scale must be non-negative",)),
+        (("generate", "a ball", "--prior", "analytic", "--model", "w"), ("the analytic prior has no weights",)),
+        (("sample-prior", "a ball", "--prior", "analytic", "--model", "w"), ("the analytic prior has no weights",)),
     ],
 )
 def test_bad_arguments(args: tuple[str, ...], fragments: tuple[str, ...], tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from dreamfusion.priors import PRIOR_NAMES, PriorError
+from dreamfusion.priors import PRIOR_NAMES, PriorError, check_model
 
 if TYPE_CHECKING:
     from dreamfusion.config import RunConfig
@@ -188,8 +188,8 @@ def _run_overrides(
     if device is not None and device not in DEVICES:
         raise ConfigError(f"--device must be auto, cpu or cuda, got {device!r}")
     _check_seed(seed)
-    if prior == "analytic" and model is not None:
-        raise PriorError("the analytic prior has no weights; leave --model unset")
+    if prior is not None:
+        check_model(prior, model)
     overrides: dict[str, Any] = {
         "seed": seed, "device": device, "prior": {"name": prior, "model": model}, "trainer": {"iters": iters}
     }  # fmt: skip
@@ -417,8 +417,7 @@ def sample_prior(
     from dreamfusion.run import RunError, validate_prompt
     from dreamfusion.typed_config import ConfigError
 
-    if prior == "analytic" and model is not None:
-        raise PriorError("the analytic prior has no weights; leave --model unset")
+    check_model(prior, model)
     chosen = prior_config(prior, **({} if model is None else {"model": model}))
     base, view = split_view(prompt)
     base = validate_prompt(base, chosen)

@@ -36,3 +36,12 @@ def test_perp_neg_is_refused_where_it_does_not_apply() -> None:
     prior = build_prior(prior_config("analytic"), torch.device("cpu"))
     with pytest.raises(PriorError, match="Perp-Neg"):
         Guidance(GuidanceConfig(mode="perp_neg"), prior, "a ball", torch.device("cpu"))
+
+
+def test_naming_weights_for_a_prior_without_any_is_refused() -> None:
+    from dreamfusion.priors import check_model
+
+    with pytest.raises(PriorError, match="the analytic prior has no weights; leave --model unset"):
+        check_model("analytic", "/tmp/x")
+    check_model("analytic", None)
+    check_model("sd", "/tmp/sd21")  # weights are sd's to take

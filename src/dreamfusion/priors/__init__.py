@@ -6,7 +6,7 @@ a prior that needs them loads, so importing this package is cheap.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -43,6 +43,12 @@ def _entry(name: str) -> PriorEntry:
     return PRIORS[name]
 
 
+def check_model(name: str, model: str | None) -> None:
+    """PriorError when weights (``--model``) are named for a prior that has none."""
+    if model is not None and "model" not in {f.name for f in fields(_entry(name).config)}:
+        raise PriorError(f"the {name} prior has no weights; leave --model unset")
+
+
 def prior_config(name: str, **options: Any) -> PriorConfig:
     """The config of the prior ``name`` with ``options`` set (strictly: unknown options fail)."""
     from dreamfusion.typed_config import from_dict
@@ -64,4 +70,4 @@ def describe_priors() -> str:
     return "; ".join(f"{name}: {entry.description}" for name, entry in PRIORS.items())
 
 
-__all__ = ["PRIOR_NAMES", "DiffusionPrior", "PriorConfig", "PriorError", "PromptEmbeddings", "build_prior", "check_prompt", "prior_config"]
+__all__ = ["PRIOR_NAMES", "DiffusionPrior", "PriorConfig", "PriorError", "PromptEmbeddings", "build_prior", "check_model", "check_prompt", "prior_config"]
