@@ -2,7 +2,7 @@
 (varied colours, 3 of them held-out colour x object pairs the prior never saw), with medians.
 
     python bench/quality.py OUT_DIR [--device cuda] [--preset default] [--iters N] [--config YAML] [--parallel K]
-                            [--prompts N] [--start I] [--seed S] [--seeds N] [--sheet PNG]
+                            [--prompts N] [--start I] [--select I,J,..] [--seed S] [--seeds N] [--sheet PNG]
 
 Each run lands in OUT_DIR/<slug>/ (OUT_DIR/<slug>-seed<S>/ with ``--seeds N``: every prompt with seeds S ..
 S + N - 1, medians over prompts x seeds); the table is printed and OUT_DIR/quality.json holds every figure.
@@ -119,13 +119,15 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=1)
     parser.add_argument("--prompts", type=int, default=len(PROMPTS), help="run only N prompts")
     parser.add_argument("--start", type=int, default=0, help="the first prompt to run (0-based), e.g. to split the bench")
+    parser.add_argument("--select", type=lambda text: [int(i) for i in text.split(",")], default=None,
+                        help="run only the prompts of these 0-based indices, e.g. 0,3,5 (instead of --start/--prompts)")
     parser.add_argument("--sheet", type=Path, default=None, help="write a contact sheet of every run here (PNG)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
-    chosen = PROMPTS[args.start : args.start + args.prompts]
+    chosen = [PROMPTS[i] for i in args.select] if args.select else PROMPTS[args.start : args.start + args.prompts]
     jobs = [(prompt, held_out, args.seed + k) for prompt, held_out in chosen for k in range(args.seeds)]
     started = time.perf_counter()
     partial = args.out / "rows.jsonl"  # each row as it finishes, so a run cut short still leaves its figures
@@ -148,9 +150,9 @@ def main() -> None:
     print(f"\n3D quality: preset={args.preset} iters={args.iters or 'preset'} device={args.device} parallel={args.parallel}"
           f" seeds={args.seed}..{args.seed + args.seeds - 1}")
     names = ("object_accuracy", "colour_accuracy", "object_colour_accuracy", "view_accuracy", "janus_rate",
-             "occupancy_iou", "best_turn_iou", "aligned_iou", "albedo_noise", "mesh_occupancy_iou", "mesh_silhouette_iou",
+             "occupancy_iou", "best_turn_iou", "aligned_iou", "albedo_noise", "shading_speckle", "mesh_occupancy_iou", "mesh_silhouette_iou",
              "mesh_colour_difference")  # fmt: skip
-    header = ("obj", "col", "both", "view", "janus", "IoU", "IoU*", "aIoU", "noise", "mIoU", "sil", "dRGB")
+    header = ("obj", "col", "both", "view", "janus", "IoU", "IoU*", "aIoU", "noise", "speck", "mIoU", "sil", "dRGB")
     print(f"{'prompt':<20}{'held':>5}{'seed':>5}" + "".join(f"{name:>7}" for name in header) + f"{'sec':>7}")
     for row in rows:
         s = row.scores
@@ -173,6 +175,7 @@ def main() -> None:
         write_sheet([run_dir_of(args.out, prompt, seed, args) for prompt, _, seed in jobs], args.sheet)
     print("IoU*: the best IoU against the true object turned about the vertical axis (a diagnostic: a right shape facing the wrong way)")
     print("noise: albedo speckle, the colour's standard deviation over the object's solid pixels")
+    print("speck: shading speckle, textureless renders against their 3x3 median over the object's inner pixels")
     print("aIoU: the best IoU against the true object turned, moved onto the field's centre and scaled (a diagnostic)")
     print("mIoU: mesh.glb against the true object; sil: its outline IoU with the field's renders; dRGB: its colour difference")
     print(json.dumps(record))

@@ -20,11 +20,13 @@ from dreamfusion.evaluate import (
     evaluate_3d,
     evaluation_cameras,
     field_occupancy,
+    grown_by_one_voxel,
     hidden_voxels,
     janus_rate,
     occupancy_iou,
     parse_subject,
     render_scene_views,
+    shading_speckle,
 )
 from dreamfusion.field import FieldConfig, FieldOutput
 from dreamfusion.priors.base import PriorError
@@ -216,3 +218,32 @@ def test_albedo_noise_is_the_colour_spread_over_solid_pixels() -> None:
     expected = torch.tensor([0.4, 0.6]).repeat(8).std().item() / 2  # the second view is clean
     assert albedo_noise(speckled) == pytest.approx(expected)
     assert albedo_noise(torch.zeros(1, 8, 8, 4)) is None  # nothing solid to measure
+
+
+def test_shading_speckle_sees_isolated_pixels_and_not_smooth_shading() -> None:
+    ramp = torch.zeros(1, 8, 8, 4)
+    ramp[..., :3] = (torch.arange(8.0) / 10)[None, None, :, None]  # steep but smooth shading
+    ramp[..., 3] = 1.0
+    assert shading_speckle(ramp, min_pixels=1) == pytest.approx(0.0, abs=1e-7)
+    dot = ramp.clone()
+    dot[..., :3] = 0.5
+    dot[0, 4, 4, :3] = 0.0  # one dark speckle among the 6x6 pixels whose neighbourhood is in the image
+    assert shading_speckle(dot, min_pixels=1) == pytest.approx(0.5 / 36)
+    edge = dot.clone()
+    edge[0, :, :2, 3] = 0.0  # the object's outline is not speckle: pixels next to the background are left out
+    edge[0, :, :2, :3] = 1.0
+    assert shading_speckle(edge, min_pixels=1) == pytest.approx(0.5 / 24)
+    assert shading_speckle(torch.zeros(1, 8, 8, 4)) is None
+
+
+def test_one_voxel_growth_is_the_scale_of_the_iou() -> None:
+    dot = torch.zeros(5, 5, 5, dtype=torch.bool)
+    dot[2, 2, 2] = True
+    assert int(grown_by_one_voxel(dot).sum()) == 27
+    corner = torch.zeros(5, 5, 5, dtype=torch.bool)
+    corner[0, 0, 0] = True
+    assert int(grown_by_one_voxel(corner).sum()) == 8  # nothing grows past the grid
+    # Thin kinds lose most of their IoU to one voxel of extra thickness, solid ones far less.
+    chair, cube = (occupancy_grid(kind, 64, 1.0) for kind in ("chair", "cube"))
+    assert occupancy_iou(chair, grown_by_one_voxel(chair)) == pytest.approx(0.29, abs=0.01)
+    assert occupancy_iou(cube, grown_by_one_voxel(cube)) == pytest.approx(0.73, abs=0.01)

@@ -14,7 +14,7 @@ from dreamfusion.config import PRESETS, RunConfig, build_config
 from dreamfusion.errors import RunError, TrainingError
 from dreamfusion.export.mesh import with_exact_level
 from dreamfusion.priors.analytic import AnalyticPrior, AnalyticPriorConfig
-from dreamfusion.refine import RefineConfig, uniform_ball_points
+from dreamfusion.refine import RefineConfig, Stage, uniform_ball_points
 from dreamfusion.run import generate, load_scene
 from dreamfusion.sdf_field import SDFField
 from dreamfusion.trainer import Trainer, read_checkpoint
@@ -29,7 +29,17 @@ def _config(**trainer: int):
 
 
 def _prior() -> AnalyticPrior:
-    return AnalyticPrior(AnalyticPriorConfig(resolution=16, radius=0.3))
+    return AnalyticPrior(AnalyticPriorConfig(resolution=24, radius=0.3))  # the stage renders at 24 px for it
+
+
+def test_the_stage_renders_no_larger_than_the_prior_sees_nor_smaller_than_the_coarse_stage() -> None:
+    config = build_config(overrides={"refine": {"iters": 10, "resolution": 128}})
+    assert Stage.of("coarse", config, 512).camera == config.camera
+    assert Stage.of("refine", config, 512).camera.resolution == 128
+    assert Stage.of("refine", config, 64).camera.resolution == 64  # the embedded prior's and IF's size
+    assert Stage.of("refine", config, 32).camera.resolution == config.camera.resolution == 64
+    refine = Stage.of("refine", config, 512)
+    assert (refine.first_step, refine.steps, refine.renderer.num_importance) == (3000, 10, config.refine.num_importance)
 
 
 def test_the_stage_is_off_by_default_and_in_every_preset() -> None:
@@ -157,7 +167,7 @@ def test_the_surface_stages_guidance_shrinks_renders_antialiased_and_draws_its_t
     from dreamfusion.schedules import TimestepRange
     from dreamfusion.sds import score_distillation
 
-    prior = _prior()  # 16 px images
+    prior = AnalyticPrior(AnalyticPriorConfig(resolution=16, radius=0.3))
     coarse = Guidance(GuidanceConfig(guidance_scale=5.0), prior, "a ball", torch.device("cpu"))
     refine = coarse.for_surface_stage(TimestepRange((0.02, 0.1)))
     rgb = torch.rand(2, 32, 32, 3, generator=torch.Generator().manual_seed(0))

@@ -74,7 +74,8 @@ class RunConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "preview": {
         "camera": {"resolution": 32},
-        "field": {"encoding": {"levels": 8, "log2_table_size": 15, "max_resolution": 256}, "hidden": 32},
+        # The finest grid cell at half a 32 px pixel (see HashGridConfig.max_resolution): 256 left speckle.
+        "field": {"encoding": {"levels": 8, "log2_table_size": 15, "max_resolution": 64}, "hidden": 32},
         "renderer": {"num_samples": 32},
         "shading": {"albedo_warmup_steps": 100},
         # Measured on 2 CPU cores with the embedded prior: "a red chair" with legs and back in about 4 minutes;

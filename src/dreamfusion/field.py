@@ -60,8 +60,11 @@ class HashGridConfig:
     features_per_level: int = 2
     log2_table_size: int = 19
     base_resolution: int = 16
-    max_resolution: int = 2048
-    """Finest grid resolution over the bounding cube; the per-level growth factor follows from it."""
+    max_resolution: int = 256
+    """Finest grid resolution over the bounding cube; the per-level growth factor follows from it. Keep its cell
+    near half a training pixel's footprint on the object (256 for 64 px renders): the prior cannot see finer
+    detail, so finer levels only learn noise, which shows as dark speckle in shaded views (with the embedded
+    prior, 2048 -> 256 took the shading speckle of eval-3d from 0.074 to 0.044 over 3 bench prompts)."""
     init_scale: float = 1e-4
 
     def __post_init__(self) -> None:

@@ -40,8 +40,10 @@ class RefineConfig:
     iters: int = 0
     """Steps of the surface stage after the coarse ``trainer.iters``; 0 turns the stage off."""
     resolution: int = 128
-    """Side of the stage's renders (at least camera.resolution): a surface has detail a 64 px render blurs. The
-    prior resizes renders to its own size, antialiased where it shrinks them."""
+    """Largest side of the stage's renders (at least camera.resolution): a surface has detail a 64 px render
+    blurs. The stage renders at the smaller of this and the prior's own image size (never below the coarse
+    stage's), since a render larger than the prior sees only costs time; the prior resizes renders to its own
+    size, antialiased where it shrinks them."""
     lr: float = 5e-3
     """Adam learning rate of the SDF (hash grid, MLP and log beta): lower than the NeRF's, as the fit already
     holds the shape."""
@@ -86,12 +88,14 @@ class Stage:
     renderer: RendererConfig
 
     @classmethod
-    def of(cls, name: StageName, config: RunConfig) -> Stage:
+    def of(cls, name: StageName, config: RunConfig, prior_resolution: int) -> Stage:
+        """The stage ``name`` of ``config``, for a prior that sees images of side ``prior_resolution``."""
         if name == "coarse":
             return cls(name, 0, config.trainer.iters, config.camera, config.renderer)
         refine = config.refine
+        side = max(min(refine.resolution, prior_resolution), config.camera.resolution)
         return cls(
-            name, config.trainer.iters, refine.iters, replace(config.camera, resolution=refine.resolution),
+            name, config.trainer.iters, refine.iters, replace(config.camera, resolution=side),
             replace(config.renderer, num_importance=refine.num_importance),
         )  # fmt: skip
 

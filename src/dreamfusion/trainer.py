@@ -266,7 +266,7 @@ class Trainer:
         self.background = Background(config.background).to(device)
         self.rng = RandomState.seeded(rank_seed(seed, self.context.rank), device)
         self.attempt = attempt
-        self.stage = Stage.of("coarse", config)
+        self.stage = Stage.of("coarse", config, prior.resolution)
         self.renderer = self._scene_renderer()
         self.optimizer = self._optimizer(config.trainer.lr)
         self.step = 0
@@ -313,7 +313,7 @@ class Trainer:
         else:
             sdf = refine_field(config.field, config.refine).to(self.device)
         self.field = sdf
-        self.stage = Stage.of("refine", config)
+        self.stage = Stage.of("refine", config, self.prior.resolution)
         self.renderer = self._scene_renderer()
         self.optimizer = self._optimizer(config.refine.lr)
         self.guidance = self.guidance.for_surface_stage(config.refine.timesteps)
