@@ -1,3 +1,5 @@
+import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -9,7 +11,7 @@ from dreamfusion.cameras import TurntableConfig, turntable_cameras
 from dreamfusion.errors import TrainingError
 from dreamfusion.priors.analytic import AnalyticPrior, AnalyticPriorConfig, disc_image
 from dreamfusion.renderer import render
-from dreamfusion.trainer import CompiledField, Trainer, read_checkpoint
+from dreamfusion.trainer import CompiledField, StepMetrics, Trainer, read_checkpoint
 
 
 def _prior() -> AnalyticPrior:
@@ -168,3 +170,31 @@ def test_compiled_field_gives_the_eager_fields_gradients(backend: str, monkeypat
 def test_compiled_field_needs_analytic_normals() -> None:
     with pytest.raises(TrainingError, match="compile_field needs field.normals: analytic"):
         Trainer(tiny_config(trainer={"compile_field": True}, field={"normals": "autograd"}), _prior(), torch.device("cpu"))
+
+
+# The step of the previous implementation (one host read per step, a host-side skip), 20 steps of tiny_config
+# with non-finite steps 3, 11 and 12: its losses and the parameters' absolute sums, as references.
+SYNCED_LOSSES = [21.883924, 865.751587, 1866.28479, math.nan, 3716.343018, 5.879726, 2534.924561, 3721.127686,
+                 4156.571777, 2254.187988, 1.150603, math.nan, math.nan, 182.013519, 2448.273926, 166.493256,
+                 13.713989, 99.895515, 3877.043701, 4192.889648]  # fmt: skip
+SYNCED_SUMS = {"encoding.tables": 1300.226623, "mlp.0.weight": 27.361662, "mlp.0.bias": 4.733495,
+               "mlp.2.weight": 37.275628, "mlp.2.bias": 2.624094, "mlp.4.weight": 9.890922, "mlp.4.bias": 0.792983}  # fmt: skip
+
+
+def test_the_loop_reads_the_device_in_batches_and_matches_the_synced_step(tmp_path: Path) -> None:
+    config = tiny_config(trainer={"iters": 20, "log_every": 10, "checkpoint_every": 20})
+    trainer = Trainer(config, FlakyPrior({3, 11, 12}), torch.device("cpu"))
+    seen: list[StepMetrics] = []
+    result = trainer.fit(tmp_path, on_step=seen.append)
+    assert [m.step for m in seen] == list(range(20))  # every step reaches on_step, in order
+    assert [m.step for m in seen if m.skipped] == [3, 11, 12] and result.skipped_steps == 3
+    assert [m.loss for m in seen] == pytest.approx(SYNCED_LOSSES, rel=1e-5, nan_ok=True)
+    sums = {name: float(p.detach().double().abs().sum()) for name, p in trainer.field.named_parameters()}
+    assert sums == pytest.approx(SYNCED_SUMS, rel=1e-6)  # fused Adam rounds a little differently
+    logged = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [0, 10, 19]
+    # Read at once after every step, the same steps give the same parameters bit for bit.
+    stepwise = Trainer(config, FlakyPrior({3, 11, 12}), torch.device("cpu"))
+    assert [stepwise.train_step().skipped for _ in range(20)].count(True) == 3
+    for (name, a), b in zip(trainer.field.named_parameters(), stepwise.field.parameters(), strict=True):
+        assert torch.equal(a, b), name

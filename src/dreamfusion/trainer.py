@@ -114,14 +114,17 @@ class StepViews:
 
 
 @dataclass
-class AppliedStep:
-    """What applying a step's losses gave: the logged values (means over ranks) and whether it was skipped."""
+class PendingStep:
+    """A step whose figures are still on the device. The loop reads them in batches (``Trainer.read_steps``:
+    one transfer every ``log_every`` steps), so the host never waits for the device between steps."""
 
-    loss: float
-    losses: dict[str, float]
-    opacity: float
-    grad_norm: float
-    skipped: bool
+    step: int
+    weights: dict[str, float]
+    lr: float
+    shading: str
+    loss_names: tuple[str, ...]
+    values: Float[Tensor, " V"]
+    """loss, each loss_* (means over ranks), opacity, grad norm, timestep, skipped (1.0 or 0.0)."""
 
 
 @dataclass
@@ -272,6 +275,7 @@ class Trainer:
         self.step = 0
         self.skipped_steps = 0
         self.nonfinite_in_row = 0
+        self._window_started = time.perf_counter()
         self.last_checkpoint_step: int | None = None
         self.guidance = Guidance(config.guidance, prior, config.prompt, device, self._autocast)
 
@@ -295,6 +299,7 @@ class Trainer:
             ],
             betas=trainer.adam_betas,
             eps=trainer.adam_eps,
+            fused=True,  # the only Adam that can skip a non-finite step on the device (found_inf)
         )
 
     # -- stages ---------------------------------------------------------------------------------
@@ -327,10 +332,13 @@ class Trainer:
         return torch.autocast("cuda", dtype=dtype)
 
     def train_step(self, cameras: CameraBatch | None = None) -> StepMetrics:
-        """One optimization step: sample views -> render -> guidance losses -> regularizer losses -> apply.
-        A step whose loss or gradient is not finite (on any rank) is skipped and counted. ``cameras`` replaces
-        this step's random cameras (for tests and benchmarks)."""
-        started = time.perf_counter()
+        """One optimization step, read back at once (for tests and benchmarks; ``fit`` reads in batches)."""
+        return self.read_steps([self.queue_step(cameras)])[0]
+
+    def queue_step(self, cameras: CameraBatch | None = None) -> PendingStep:
+        """One optimization step: sample views -> render -> guidance losses -> regularizer losses -> apply,
+        with no wait for the device: a step whose loss or gradient is not finite (on any rank) is skipped on
+        the device, and counted when it is read. ``cameras`` replaces the step's random cameras."""
         step = self.step
         lr = self._set_learning_rate(step)
         weights = self._loss_weights(step)
@@ -338,22 +346,9 @@ class Trainer:
         out = self._render(views, with_normals=weights["lambda_orient"] > 0)
         guidance = self._guidance_losses(out, views, step)
         losses = {"loss_sds": guidance.loss_sds, **self._regularizer_losses(out, weights)}
-        applied = self._apply(losses, weights, out)
+        values = self._apply(losses, weights, out, guidance.timesteps[0])
         self.step += 1
-        elapsed = time.perf_counter() - started
-        return StepMetrics(
-            step=step,
-            loss=applied.loss,
-            losses=applied.losses,
-            weights=weights,
-            opacity=applied.opacity,
-            lr=lr,
-            timestep=int(guidance.timesteps[0]),
-            shading=views.shading,
-            grad_norm=applied.grad_norm,
-            skipped=applied.skipped,
-            it_per_s=1.0 / elapsed if elapsed > 0 else math.inf,
-        )
+        return PendingStep(step, weights, lr, views.shading, tuple(losses), values)
 
     def _set_learning_rate(self, step: int) -> float:
         """The schedule's factor, over the current stage's steps, on each group's base rate; returns the
@@ -407,9 +402,12 @@ class Trainer:
             losses["loss_eikonal"] = eikonal_loss(self.field, self.rng.device)
         return losses
 
-    def _apply(self, losses: dict[str, Tensor], weights: dict[str, float], out: RenderOutput) -> AppliedStep:
+    def _apply(
+        self, losses: dict[str, Tensor], weights: dict[str, float], out: RenderOutput, timestep: Tensor
+    ) -> Float[Tensor, " V"]:
         """Weight the losses by name (a loss without a ``lambda_*`` has weight 1), backpropagate, and take the
-        optimizer step unless the loss or gradient is not finite on some rank."""
+        optimizer step unless the loss or gradient is not finite on some rank: the fused Adam's ``found_inf``
+        skips it on the device (parameters, moments and step count untouched). Returns PendingStep.values."""
         loss = sum(weights.get("lambda_" + name.removeprefix("loss_"), 1.0) * value for name, value in losses.items())
         assert isinstance(loss, Tensor)
         self.optimizer.zero_grad(set_to_none=True)
@@ -423,22 +421,44 @@ class Trainer:
             # finite on some rank is skipped on all of them, so the ranks' parameters never part.
             reduced = all_reduce_mean(self.context, torch.cat((parts, nonfinite[None])))
             parts, nonfinite = reduced[:-1], reduced[-1]
-        finite = not bool(nonfinite)
-        if finite:
-            self.optimizer.step()
-            self.nonfinite_in_row = 0
-        else:
-            self.optimizer.zero_grad(set_to_none=True)
-            self.skipped_steps += 1
-            self.nonfinite_in_row += 1
-        logged = parts.tolist()
-        return AppliedStep(
-            loss=logged[0],
-            losses=dict(zip(losses, logged[1:-1], strict=True)),
-            opacity=logged[-1],
-            grad_norm=float(grad_norm),
-            skipped=not finite,
-        )
+        skipped = (nonfinite > 0).float()
+        self.optimizer.found_inf = skipped  # type: ignore[attr-defined]
+        self.optimizer.step()
+        extra = torch.stack([grad_norm.float(), timestep.to(parts.device, torch.float32), skipped])
+        return torch.cat((parts, extra))
+
+    def read_steps(self, pending: list[PendingStep]) -> list[StepMetrics]:
+        """The figures of queued steps, in one transfer from the device; counts their skipped steps. Stops at
+        a step that makes ``max_consecutive_nonfinite`` skipped steps in a row: the run diverged there, and
+        the counters are those of that step."""
+        if not pending:
+            return []
+        values = torch.cat([p.values for p in pending]).tolist()
+        now = time.perf_counter()
+        it_per_s = len(pending) / (now - self._window_started) if now > self._window_started else math.inf
+        self._window_started = now
+        metrics, offset = [], 0
+        for p in pending:
+            count = len(p.loss_names)
+            loss, *parts, opacity, grad_norm, timestep, skipped = values[offset : offset + count + 5]
+            offset += count + 5
+            if skipped:
+                self.skipped_steps += 1
+                self.nonfinite_in_row += 1
+            else:
+                self.nonfinite_in_row = 0
+            metrics.append(StepMetrics(
+                step=p.step, loss=loss, losses=dict(zip(p.loss_names, parts, strict=True)), weights=p.weights,
+                opacity=opacity, lr=p.lr, timestep=int(timestep), shading=p.shading, grad_norm=grad_norm,
+                skipped=bool(skipped), it_per_s=it_per_s,
+            ))  # fmt: skip
+            if self.diverged:
+                break
+        return metrics
+
+    @property
+    def diverged(self) -> bool:
+        return self.nonfinite_in_row >= self.config.trainer.max_consecutive_nonfinite
 
     # -- the loop -------------------------------------------------------------------------------
     def fit(
@@ -455,37 +475,46 @@ class Trainer:
         """
         trainer = self.config.trainer
         end = self.config.total_steps if stop_at is None else min(stop_at, self.config.total_steps)
-        started = time.perf_counter()
+        started = self._window_started = time.perf_counter()
         result = TrainResult(steps=self.step, skipped_steps=self.skipped_steps, seconds=0.0)
+        pending: list[PendingStep] = []
         while self.step < end:
             if self._refine_due():
                 self._enter_refine_stage()
                 if run_dir is not None:
                     self.save_checkpoint(run_dir / "checkpoint.pt")
-            metrics = self.train_step()
-            result.last = metrics
-            if metrics.skipped and self.nonfinite_in_row >= trainer.max_consecutive_nonfinite:
-                raise TrainingError(self._divergence_message(run_dir))
-            if metrics.step % trainer.log_every == 0 or self.step == end:
-                result.history.append(metrics)
-                if run_dir is not None and self.context.is_main:
-                    append_line(run_dir / "metrics.jsonl", json.dumps(metrics.record()))
-            if on_step is not None:
-                on_step(metrics)
+            pending.append(self.queue_step())
+            checkpoint_due = run_dir is not None and (self.step % trainer.checkpoint_every == 0 or self.step == end)
+            # The device runs ahead of the host until a log line, a checkpoint or a stage boundary needs figures.
+            if not (self.step % trainer.log_every == 0 or checkpoint_due or self.step == end or self._refine_due()):
+                continue
+            read = self.read_steps(pending)
+            for metrics in read:
+                if metrics is read[-1] and self.diverged:  # read_steps stopped at the step that diverged
+                    raise TrainingError(self._divergence_message(metrics.step + 1))
+                result.last = metrics
+                if metrics.step % trainer.log_every == 0 or metrics.step + 1 == end:
+                    result.history.append(metrics)
+                    if run_dir is not None and self.context.is_main:
+                        append_line(run_dir / "metrics.jsonl", json.dumps(metrics.record()))
+                if on_step is not None:
+                    on_step(metrics)
+            pending = []
             # No checkpoint while steps fail: the last one written stays the last good state.
-            if run_dir is not None and self.nonfinite_in_row == 0 and (self.step % trainer.checkpoint_every == 0 or self.step == end):
+            if checkpoint_due and self.nonfinite_in_row == 0:
+                assert run_dir is not None
                 self.save_checkpoint(run_dir / "checkpoint.pt")
         result.steps = self.step
         result.skipped_steps = self.skipped_steps
         result.seconds = time.perf_counter() - started
         return result
 
-    def _divergence_message(self, run_dir: Path | None) -> str:
+    def _divergence_message(self, step: int) -> str:
         kept = "no checkpoint was written yet"
-        if run_dir is not None and self.last_checkpoint_step is not None:
+        if self.last_checkpoint_step is not None:
             kept = f"the last good checkpoint (step {self.last_checkpoint_step}) is kept"
         return (
-            f"stopped at step {self.step}: the run diverged ({self.nonfinite_in_row} steps in a row had a non-finite "
+            f"stopped at step {step}: the run diverged ({self.nonfinite_in_row} steps in a row had a non-finite "
             f"loss or gradient, {self.skipped_steps} skipped in all); {kept}. Lower trainer.lr or the guidance scale"
         )
 
