@@ -1,6 +1,7 @@
 """A batch of prompts in one process, with ``generate`` replaced by a stand-in so that no field is trained: run
 directory names, the summary and its report, a failing prompt that does not stop the others, the prompts
-file's problems, and the folder lock."""
+file's problems, and the folder lock. Then several prompts at once, each in its own process, with tiny real
+runs: their results, a prompt that fails and one whose process dies, and how many run at once by default."""
 
 from __future__ import annotations
 
@@ -9,12 +10,26 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from helpers import tiny_config
+import torch
+from helpers import assert_close_scaled, run_cli, tiny_config
 
 from dreamfusion import batch
-from dreamfusion.batch import BatchSummary, PromptResult, read_prompts, run_batch, run_dir_name, shard
+from dreamfusion.batch import (
+    KILL_PROMPT_VARIABLE,
+    MAX_PER_DEVICE,
+    BatchSummary,
+    PromptResult,
+    auto_per_device,
+    read_prompts,
+    run_batch,
+    run_dir_name,
+    run_memory_estimate,
+    shard,
+)  # fmt: skip
+from dreamfusion.config import build_config
 from dreamfusion.errors import RunError, TrainingError
 from dreamfusion.runlock import lock_run
+from dreamfusion.typed_config import ConfigError
 
 
 def test_run_dir_names_are_zero_padded_indices_and_slugs() -> None:
@@ -107,3 +122,114 @@ def test_a_locked_folder_or_a_missing_file_stops_the_batch_before_any_prompt(tmp
 def test_a_batch_over_several_ranks_needs_torch_distributed(tmp_path: Path) -> None:
     with pytest.raises(RunError, match="needs torch.distributed; start it with torchrun"):
         run_batch(tmp_path / "prompts.txt", tmp_path / "out", tiny_config(), rank=0, world_size=2)
+
+
+# ----- several prompts at once, each in its own process ---------------------------------------------------
+
+GiB = 2**30
+THREE_PROMPTS = "a ball\na cube\na ball, side view\n"
+
+
+def _batch_config():
+    return tiny_config(trainer={"iters": 4, "checkpoint_every": 2, "log_every": 2})
+
+
+@pytest.fixture(scope="module")
+def concurrent_batch(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, BatchSummary]:
+    """Three tiny real runs, two at a time."""
+    folder = tmp_path_factory.mktemp("concurrent")
+    (folder / "prompts.txt").write_text(THREE_PROMPTS)
+    return folder / "out", run_batch(folder / "prompts.txt", folder / "out", _batch_config(), per_device=2)
+
+
+def test_per_device_runs_every_prompt_and_writes_the_summary_sorted(concurrent_batch: tuple[Path, BatchSummary]) -> None:
+    out, summary = concurrent_batch
+    assert [(r.index, r.ok, r.steps) for r in summary.results] == [(0, True, 4), (1, True, 4), (2, True, 4)]
+    for name in ("000-a-ball", "001-a-cube", "002-a-ball-side-view"):
+        assert (out / name / "checkpoint.pt").is_file()
+    written = json.loads((out / "summary.json").read_text())
+    assert [r["index"] for r in written["results"]] == [0, 1, 2] and all(r["ok"] for r in written["results"])
+    assert written == json.loads(summary.to_json())
+
+
+def test_two_prompts_really_run_at_the_same_time(concurrent_batch: tuple[Path, BatchSummary]) -> None:
+    first, second = concurrent_batch[1].results[:2]
+    assert first.started_at < second.ended_at and second.started_at < first.ended_at
+
+
+def test_a_prompt_run_in_its_own_process_trains_as_in_this_one(
+    concurrent_batch: tuple[Path, BatchSummary], tmp_path: Path
+) -> None:
+    (tmp_path / "prompts.txt").write_text("a ball\n")  # every prompt uses the same seed, whatever its index
+    sequential = run_batch(tmp_path / "prompts.txt", tmp_path / "out", _batch_config(), per_device=1)
+    assert sequential.results[0].ok
+    alone = torch.load(tmp_path / "out" / "000-a-ball" / "checkpoint.pt", weights_only=True)["field"]
+    spawned = torch.load(concurrent_batch[0] / "000-a-ball" / "checkpoint.pt", weights_only=True)["field"]
+    assert alone.keys() == spawned.keys()
+    for name, tensor in alone.items():
+        # Equal bit for bit on 2 cores, but not torch.equal: the child takes cpu_count // 2 threads, this
+        # process the tests' count, and a matrix product split among other threads sums in another order.
+        assert_close_scaled(spawned[name], tensor)
+
+
+@pytest.fixture(scope="module")
+def troubled_batch(tmp_path_factory: pytest.TempPathFactory) -> BatchSummary:
+    """Two at a time: "a cube" fails (its run folder already holds a run), the process of "a mug" is killed."""
+    folder = tmp_path_factory.mktemp("troubled")
+    (folder / "prompts.txt").write_text("a ball\na cube\na mug\n")
+    (folder / "out" / "001-a-cube").mkdir(parents=True)
+    (folder / "out" / "001-a-cube" / "config.yaml").write_text("prompt: a cube\n")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(KILL_PROMPT_VARIABLE, "a mug")
+        return run_batch(folder / "prompts.txt", folder / "out", _batch_config(), per_device=2)
+
+
+def test_a_failing_prompt_in_its_own_process_is_recorded_and_the_others_run(troubled_batch: BatchSummary) -> None:
+    ball, cube, _ = troubled_batch.results
+    assert ball.ok and ball.steps == 4
+    assert not cube.ok and cube.error_type == "RunError" and "already holds a run" in cube.error
+    assert cube.traceback is None
+
+
+def test_a_process_that_dies_fails_only_its_prompt(troubled_batch: BatchSummary) -> None:
+    ball, _, mug = troubled_batch.results
+    assert ball.ok
+    assert not mug.ok and mug.error_type == "WorkerDied"
+    assert "exit code -9 (SIGKILL)" in mug.error and "\n" not in mug.error
+    assert "failed 2 'a mug': WorkerDied: its process ended with exit code -9" in troubled_batch.report()
+
+
+def test_prompts_at_once_by_default_follow_the_free_memory() -> None:
+    assert auto_per_device("cpu", None, 7 * GiB) == 1
+    assert auto_per_device(torch.device("cpu"), 100 * GiB, 7 * GiB) == 1  # one run already uses every core
+    assert auto_per_device("cuda:0", 100 * GiB, 7 * GiB) == 8  # the cap
+    assert auto_per_device("cuda:0", 100 * GiB, 7 * GiB, cap=32) == 14
+    assert auto_per_device("cuda", 20 * GiB, 7 * GiB) == 2
+    assert auto_per_device("cuda", 3 * GiB, 7 * GiB) == 1  # never none
+    assert auto_per_device("cuda", None, 7 * GiB) == 1
+
+
+def test_a_runs_memory_estimate_is_the_priors_peak_and_the_hash_tables_adam_state() -> None:
+    table = 2**19 * 16 * 2 * 4 * 4  # rows x levels x features x float32 x (parameters, gradients, 2 moments)
+    assert run_memory_estimate(build_config("default")) == 4 * GiB + table
+    sd = run_memory_estimate(build_config("default", overrides={"prior": {"name": "sd", "model": "sd21"}}))
+    assert sd == 7 * GiB + table
+    tiny = tiny_config()
+    assert run_memory_estimate(tiny) == GiB // 2 + 2**12 * 4 * 2 * 16
+
+
+@pytest.mark.parametrize("value", ["0", "-1", str(MAX_PER_DEVICE + 1), "1000"])
+def test_a_bad_per_gpu_fails_in_one_line_and_writes_nothing(value: str, tmp_path: Path) -> None:
+    (tmp_path / "prompts.txt").write_text("a ball\n")
+    result = run_cli("batch", str(tmp_path / "prompts.txt"), "--out", str(tmp_path / "out"), "--prior", "analytic",
+                     "--device", "cpu", "--per-gpu", value)  # fmt: skip
+    assert result.code == 2 and len(result.lines) == 1 and "Traceback" not in result.output, result.output
+    assert f"--per-gpu must be from 1 to {MAX_PER_DEVICE} prompts at once on each device, got {value}" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_batch_refuses_a_bad_per_device_before_writing(tmp_path: Path) -> None:
+    (tmp_path / "prompts.txt").write_text("a ball\n")
+    with pytest.raises(ConfigError, match="per_device must be from 1 to 64"):
+        run_batch(tmp_path / "prompts.txt", tmp_path / "out", tiny_config(), per_device=0)
+    assert not (tmp_path / "out").exists()

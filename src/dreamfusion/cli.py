@@ -258,6 +258,12 @@ def _relaunch_under_torchrun(gpus: int | None, check: Callable[[], None]) -> boo
     raise typer.Exit(code=launch_torchrun(sys.argv[1:], gpus))
 
 
+PER_GPU_HELP = (
+    "Prompts each GPU (or the CPU) runs at once, each in its own process (default: as many as the GPU's free "
+    "memory holds, at most 8; 1 on a CPU)."
+)
+
+
 @app.command()
 @user_errors
 def batch(
@@ -273,17 +279,20 @@ def batch(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace runs that already exist.")] = False,
     gpus: Annotated[int | None, typer.Option(help="Share the prompts among N GPUs (relaunches under torchrun).")] = None,
     compile: Annotated[bool, typer.Option("--compile", help=COMPILE_HELP)] = False,
+    per_gpu: Annotated[int | None, typer.Option(help=PER_GPU_HELP)] = None,
 ) -> None:
     """Make many objects: prompts are shared among the ranks of torchrun (GPUs, and nodes through its
     rendezvous); a prompt that fails never stops the others, and summary.json says which failed and why."""
-    from dreamfusion.batch import read_prompts, run_batch_from_env
+    from dreamfusion.batch import check_per_device, read_prompts, run_batch_from_env
     from dreamfusion.config import build_config
     from dreamfusion.distributed import is_main_process
 
+    if per_gpu is not None:
+        check_per_device(per_gpu, "--per-gpu")
     base = _with_compiled_prior(build_config(preset, config, _run_overrides(prior, model, seed, device, iters, compile)), compile)
-    if _relaunch_under_torchrun(gpus, lambda: read_prompts(prompts)):
+    if _relaunch_under_torchrun(gpus, lambda: read_prompts(prompts)):  # --per-gpu passes on to every rank
         return
-    summary = run_batch_from_env(prompts, out, base, overwrite=overwrite)
+    summary = run_batch_from_env(prompts, out, base, overwrite=overwrite, per_device=per_gpu)
     if is_main_process() and summary.failed:
         raise typer.Exit(code=1)
 
