@@ -1,6 +1,8 @@
-"""Speed and peak memory of the optimization loop at 64x64: the renderer alone, the prior alone, the whole step.
+"""Speed and peak memory of the optimization loop (64x64 renders unless told): the renderer alone, the prior
+alone, the whole step.
 
     python bench/loop.py OUT.json [--device cpu|cuda] [--prior analytic|embedded] [--steps N] [--preset default]
+                         [--resolution 64]
 
 Prints a table and one JSON line (also written to OUT.json).
 """
@@ -53,6 +55,7 @@ def main() -> None:
     parser.add_argument("--preset", default="default")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--resolution", type=int, default=64, help="render side in pixels (the preview preset's is 32)")
     parser.add_argument("--normals", choices=("analytic", "autograd", "finite_difference"), default="analytic")
     parser.add_argument("--compile-field", action="store_true", help="trainer.compile_field: torch.compile the field")
     parser.add_argument("--profile", type=Path, help="also write the top operators of 5 whole steps (torch.profiler) here")
@@ -65,7 +68,7 @@ def main() -> None:
             "prompt": "a red chair",
             "device": args.device,
             "prior": {"name": args.prior},
-            "camera": {"resolution": 64},
+            "camera": {"resolution": args.resolution},
             "trainer": {"batch_size": args.batch_size, "compile_field": args.compile_field},
             "field": {"normals": args.normals},
             "shading": {"albedo_warmup_steps": 0},
@@ -107,7 +110,7 @@ def main() -> None:
     }
     profiled = write_profile(trainer.train_step, device, args.profile) if args.profile is not None else None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"\nloop benchmark: prior={args.prior} preset={args.preset} batch={args.batch_size} 64x64 "
+    print(f"\nloop benchmark: prior={args.prior} preset={args.preset} batch={args.batch_size} {args.resolution}x{args.resolution} "
           f"samples={config.renderer.num_samples}+{config.renderer.num_importance} normals={args.normals}"
           f"{' compiled' if args.compile_field else ''} on {name}, torch {torch.__version__}")
     print(f"{'part':<30}{'it/s':>10}{'ms/it':>10}{'peak MB':>10}")
@@ -115,7 +118,7 @@ def main() -> None:
         print(f"{part:<30}{row['it_per_s']:>10.1f}{row['ms_per_it']:>10.1f}{row['peak_mb']:>10.0f}")
     if profiled is not None:
         print(f"whole step under the profiler: {profiled['profiled_wall_ms']:.1f} ms, GPU kernels {profiled['kernel_ms']:.1f} ms")
-    record = {"bench": "loop", "device": name, "prior": args.prior, "preset": args.preset, "batch_size": args.batch_size,
+    record = {"bench": "loop", "device": name, "prior": args.prior, "preset": args.preset, "batch_size": args.batch_size, "resolution": args.resolution,
               "normals": args.normals, "compile_field": args.compile_field, "torch": torch.__version__, "results": rows, "profiled": profiled}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2))
