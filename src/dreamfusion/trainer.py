@@ -121,10 +121,11 @@ class PendingStep:
     step: int
     weights: dict[str, float]
     lr: float
+    timestep: int
     shading: str
     loss_names: tuple[str, ...]
     values: Float[Tensor, " V"]
-    """loss, each loss_* (means over ranks), opacity, grad norm, timestep, skipped (1.0 or 0.0)."""
+    """loss, each loss_* (means over ranks), opacity, grad norm, skipped (1.0 or 0.0)."""
 
 
 @dataclass
@@ -346,9 +347,10 @@ class Trainer:
         out = self._render(views, with_normals=weights["lambda_orient"] > 0)
         guidance = self._guidance_losses(out, views, step)
         losses = {"loss_sds": guidance.loss_sds, **self._regularizer_losses(out, weights)}
-        values = self._apply(losses, weights, out, guidance.timesteps[0])
+        values = self._apply(losses, weights, out)
         self.step += 1
-        return PendingStep(step, weights, lr, views.shading, tuple(losses), values)
+        # The timesteps were drawn on the host: reading one costs no wait for the device.
+        return PendingStep(step, weights, lr, int(guidance.timesteps[0]), views.shading, tuple(losses), values)
 
     def _set_learning_rate(self, step: int) -> float:
         """The schedule's factor, over the current stage's steps, on each group's base rate; returns the
@@ -402,9 +404,7 @@ class Trainer:
             losses["loss_eikonal"] = eikonal_loss(self.field, self.rng.device)
         return losses
 
-    def _apply(
-        self, losses: dict[str, Tensor], weights: dict[str, float], out: RenderOutput, timestep: Tensor
-    ) -> Float[Tensor, " V"]:
+    def _apply(self, losses: dict[str, Tensor], weights: dict[str, float], out: RenderOutput) -> Float[Tensor, " V"]:
         """Weight the losses by name (a loss without a ``lambda_*`` has weight 1), backpropagate, and take the
         optimizer step unless the loss or gradient is not finite on some rank: the fused Adam's ``found_inf``
         skips it on the device (parameters, moments and step count untouched). Returns PendingStep.values."""
@@ -424,8 +424,7 @@ class Trainer:
         skipped = (nonfinite > 0).float()
         self.optimizer.found_inf = skipped  # type: ignore[attr-defined]
         self.optimizer.step()
-        extra = torch.stack([grad_norm.float(), timestep.to(parts.device, torch.float32), skipped])
-        return torch.cat((parts, extra))
+        return torch.cat((parts, grad_norm.float()[None], skipped[None]))
 
     def read_steps(self, pending: list[PendingStep]) -> list[StepMetrics]:
         """The figures of queued steps, in one transfer from the device; counts their skipped steps. Stops at
@@ -439,9 +438,9 @@ class Trainer:
         self._window_started = now
         metrics, offset = [], 0
         for p in pending:
-            count = len(p.loss_names)
-            loss, *parts, opacity, grad_norm, timestep, skipped = values[offset : offset + count + 5]
-            offset += count + 5
+            end = offset + len(p.loss_names) + 4  # loss, the loss_* parts, opacity, grad norm, skipped
+            loss, *parts, opacity, grad_norm, skipped = values[offset:end]
+            offset = end
             if skipped:
                 self.skipped_steps += 1
                 self.nonfinite_in_row += 1
@@ -449,7 +448,7 @@ class Trainer:
                 self.nonfinite_in_row = 0
             metrics.append(StepMetrics(
                 step=p.step, loss=loss, losses=dict(zip(p.loss_names, parts, strict=True)), weights=p.weights,
-                opacity=opacity, lr=p.lr, timestep=int(timestep), shading=p.shading, grad_norm=grad_norm,
+                opacity=opacity, lr=p.lr, timestep=p.timestep, shading=p.shading, grad_norm=grad_norm,
                 skipped=bool(skipped), it_per_s=it_per_s,
             ))  # fmt: skip
             if self.diverged:
