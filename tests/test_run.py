@@ -116,7 +116,7 @@ def test_a_field_that_empties_mid_run_is_logged_and_the_run_finishes(tmp_path: P
     result = generate(config, out, on_start=started.append, on_step=empty_the_field)
     assert result.train.steps == 12 and result.train.skipped_steps == 0
     log = (out / "run.log").read_text()
-    assert "the view is empty" in log and "the field holds no visible density" in log
+    assert "step 10: the views of the last 3 logged steps are empty" in log and "the field holds no visible density" in log
     assert "mesh.glb skipped: the field is empty" in log
     assert any("mesh.glb skipped" in note for note in result.notes)
     for name in ("turntable.gif", "preview.png", "checkpoint.pt"):
@@ -186,3 +186,21 @@ def test_a_collapsed_run_starts_over_on_the_next_seed(tmp_path: Path) -> None:
     assert state["attempt"] == 2 and state["step"] == 30
     assert yaml.safe_load((out / "config.yaml").read_text())["seed"] == config.seed  # the config says what was asked
     assert (out / "preview.png").is_file()
+
+
+def test_one_empty_view_is_not_an_empty_field(tmp_path: Path) -> None:
+    """A random camera can miss a thin object: only three empty logged steps in a row count as an empty field."""
+    from dreamfusion.run import EmptyFieldWatch
+    from dreamfusion.trainer import StepMetrics
+
+    watch = EmptyFieldWatch(tmp_path)
+    for step, opacity in ((10, 0.3), (20, 1e-5), (30, 0.3), (40, 1e-5), (50, 1e-5), (60, 0.2)):
+        watch.see(StepMetrics(step, 0.0, {}, {}, opacity, 1e-2, 500, "albedo", 1.0, False, 10.0))
+    assert not (tmp_path / "run.log").exists()
+    for step in (70, 80, 90, 100, 110):
+        watch.see(StepMetrics(step, 0.0, {}, {}, 0.0, 1e-2, 500, "albedo", 1.0, False, 10.0))
+    watch.see(StepMetrics(120, 0.0, {}, {}, 0.25, 1e-2, 500, "albedo", 1.0, False, 10.0))
+    lines = (tmp_path / "run.log").read_text().splitlines()
+    assert len(lines) == 2
+    assert "step 90: the views of the last 3 logged steps are empty" in lines[0]
+    assert "step 120: the field is visible again" in lines[1]

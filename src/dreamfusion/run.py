@@ -70,6 +70,9 @@ RESUMABLE_CHANGES = ("trainer.iters",)
 """The only config key a resumed run may change (to extend it)."""
 EMPTY_OPACITY = 1e-3
 """Mean render opacity below which a step's view shows nothing: run.log notes when the field empties."""
+EMPTY_READINGS = 3
+"""Logged steps in a row that must show nothing before the field counts as empty. One is not enough: a random
+camera whose look-at point is jittered away from a thin object (a lamp, a rocket) can miss it entirely."""
 
 __all__ = [
     "GenerateResult", "RunError", "check_run_dir", "export_run", "generate", "load_scene", "prompt_slug", "validate_prompt",
@@ -369,17 +372,19 @@ class EmptyFieldWatch:
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
         self.empty = False
+        self.empty_readings = 0
 
     def see(self, metrics: StepMetrics) -> None:
         if metrics.skipped:
             return
-        empty = metrics.opacity < EMPTY_OPACITY
-        if empty and not self.empty:
-            log_line(self.run_dir, f"step {metrics.step}: the view is empty (mean opacity {metrics.opacity:.2g}); "
-                                   "the field holds no visible density")  # fmt: skip
-        elif self.empty and not empty:
+        self.empty_readings = self.empty_readings + 1 if metrics.opacity < EMPTY_OPACITY else 0
+        if self.empty_readings == EMPTY_READINGS and not self.empty:
+            self.empty = True
+            log_line(self.run_dir, f"step {metrics.step}: the views of the last {EMPTY_READINGS} logged steps are empty "
+                                   f"(mean opacity {metrics.opacity:.2g}); the field holds no visible density")  # fmt: skip
+        elif self.empty and self.empty_readings == 0:
+            self.empty = False
             log_line(self.run_dir, f"step {metrics.step}: the field is visible again (mean opacity {metrics.opacity:.2g})")
-        self.empty = empty
 
 
 def _ranks(context: DistributedContext) -> str:
