@@ -15,6 +15,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -94,19 +95,27 @@ def main() -> None:
         with trainer._autocast():
             score_distillation(prior, latents, cond, uncond, scale, (0.02, 0.98), "sds", generator)
 
-    pending: list = []
+    def read_in_batches(trainer: Trainer) -> Callable[[], None]:
+        pending: list = []
 
-    def step_read_in_batches() -> None:  # as Trainer.fit runs: figures read once per log_every steps
-        pending.append(trainer.queue_step())
-        if len(pending) == config.trainer.log_every:
-            trainer.read_steps(pending)
-            pending.clear()
+        def step() -> None:  # as Trainer.fit runs: figures read once per log_every steps
+            pending.append(trainer.queue_step())
+            if len(pending) == config.trainer.log_every:
+                trainer.read_steps(pending)
+                pending.clear()
+
+        return step
+
+    every = config.trainer.log_every
+    # The same loop with the renderer's sample compaction forced on (it is off for CUDA training renders).
+    compacting = Trainer(replace(config, renderer=replace(config.renderer, sample_compaction="on")), prior, device)
 
     rows = {
         "renderer (fwd+bwd, shaded)": measure(render_only, args.steps, device),
         "prior (SDS, CFG batch 2)": measure(prior_only, args.steps, device),
         "whole step, read each step": measure(trainer.train_step, args.steps, device),
-        f"whole step, read every {config.trainer.log_every}": measure(step_read_in_batches, args.steps, device),
+        f"whole step, read every {every}": measure(read_in_batches(trainer), args.steps, device),
+        "same, compacted samples": measure(read_in_batches(compacting), args.steps, device),
     }
     profiled = write_profile(trainer.train_step, device, args.profile) if args.profile is not None else None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

@@ -9,7 +9,14 @@ from torch import nn
 from dreamfusion.cameras import TurntableConfig, turntable_cameras
 from dreamfusion.field import FieldConfig, FieldOutput, NeRFField
 from dreamfusion.geometry import Geometry
-from dreamfusion.renderer import OccupancyGrid, RendererConfig, compositing_weights, ray_sphere_interval, render
+from dreamfusion.renderer import (
+    OccupancyGrid,
+    RendererConfig,
+    compacts_samples,
+    compositing_weights,
+    ray_sphere_interval,
+    render,
+)
 from dreamfusion.shading import Background, BackgroundConfig
 
 
@@ -219,3 +226,37 @@ def test_zero_cameras_render_zero_images() -> None:
 
 def test_occupancy_grid_of_an_empty_field_is_empty() -> None:
     assert not OccupancyGrid.from_field(empty_tiny_field(), resolution=16).occupied.any()
+
+
+@pytest.mark.parametrize("occupied", [False, True])
+def test_rendering_without_compaction_gives_the_same_image_and_gradients(occupied: bool) -> None:
+    """Querying every sample and masking the rest (as CUDA training renders do) matches querying only the
+    samples that count: the images, the normals and every parameter's gradient."""
+    torch.manual_seed(0)
+    field = NeRFField(tiny_config().field)
+    cameras = turntable_cameras(TurntableConfig(frames=2, elevation=20.0, distance=1.6, resolution=12))
+    background = Background(BackgroundConfig(kind="random_solid", eval_colour=(0.2, 0.4, 0.6)))
+    occupancy = OccupancyGrid.from_field(field, resolution=16, threshold=0.5) if occupied else None
+    results = []
+    for compaction in ("on", "off"):
+        field.zero_grad()
+        config = RendererConfig(num_samples=24, sample_compaction=compaction)
+        out = render(field, background, cameras, config, shading="lambertian", with_normals=True, occupancy=occupancy)
+        (out.rgb.square().sum() + out.normals.sum()).backward()
+        results.append((out, {name: p.grad.clone() for name, p in field.named_parameters() if p.grad is not None}))
+    (compact, compact_grads), (dense, dense_grads) = results
+    assert compact.opacity.max() > 0.5 and compact.sample_normals is not None  # something was drawn and lit
+    for name in ("rgb", "opacity", "depth", "normals", "weights", "sample_normals"):
+        assert torch.allclose(getattr(compact, name), getattr(dense, name), atol=1e-5), name
+    assert compact_grads.keys() == dense_grads.keys() and compact_grads
+    for name, grad in compact_grads.items():
+        scale = grad.abs().max().clamp(min=1e-12)
+        assert ((grad - dense_grads[name]).abs().max() / scale) < 1e-4, name
+
+
+def test_only_cuda_training_renders_skip_compaction_by_default() -> None:
+    auto, on, off = RendererConfig(), RendererConfig(sample_compaction="on"), RendererConfig(sample_compaction="off")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert [compacts_samples(auto, training, device) for training in (True, False) for device in (cpu, cuda)] == [True, False, True, True]
+    assert all(compacts_samples(on, training, cuda) for training in (True, False))
+    assert not any(compacts_samples(off, training, cpu) for training in (True, False))

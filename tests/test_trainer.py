@@ -198,3 +198,27 @@ def test_the_loop_reads_the_device_in_batches_and_matches_the_synced_step(tmp_pa
     assert [stepwise.train_step().skipped for _ in range(20)].count(True) == 3
     for (name, a), b in zip(trainer.field.named_parameters(), stepwise.field.parameters(), strict=True):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_queued_cuda_step_never_makes_the_host_wait() -> None:
+    """The default run on CUDA, shaded from the first step: queuing steps (render, guidance with Perp-Neg,
+    backward, optimizer) raises if any operation waits for the device; the figures are read afterwards."""
+    from dreamfusion.config import build_config
+    from dreamfusion.priors import build_prior
+
+    device = torch.device("cuda")
+    config = build_config("default", overrides={"prompt": "a red chair", "device": "cuda", "shading": {"albedo_warmup_steps": 0}})
+    trainer = Trainer(config, build_prior(config.prior, device), device)
+    for _ in range(3):
+        trainer.train_step()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        pending = [trainer.queue_step() for _ in range(12)]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    metrics = trainer.read_steps(pending)
+    assert [m.step for m in metrics] == list(range(3, 15))
+    assert {m.shading for m in metrics} - {"albedo"}, "no shaded step was queued"
+    assert all(math.isfinite(m.loss) and not m.skipped for m in metrics)

@@ -19,6 +19,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from dreamfusion.transfer import to_device
+
 ViewLabel = Literal["front", "side", "back", "overhead"]
 VIEW_LABELS: tuple[ViewLabel, ...] = ("front", "side", "back", "overhead")
 
@@ -129,15 +131,17 @@ class CameraBatch:
         return self.rays_o.shape[1]
 
     def to(self, device: torch.device | str) -> CameraBatch:
+        """The rays, poses and lights on ``device``. The angles stay where they are: they only label views and
+        weight the guidance's negatives, which the host decides (reading them from a GPU would make it wait)."""
         return CameraBatch(
-            rays_o=self.rays_o.to(device),
-            rays_d=self.rays_d.to(device),
-            c2w=self.c2w.to(device),
-            intrinsics=self.intrinsics.to(device),
-            elevation=self.elevation.to(device),
-            azimuth=self.azimuth.to(device),
-            distance=self.distance.to(device),
-            light_position=self.light_position.to(device),
+            rays_o=to_device(self.rays_o, device),
+            rays_d=to_device(self.rays_d, device),
+            c2w=to_device(self.c2w, device),
+            intrinsics=to_device(self.intrinsics, device),
+            elevation=self.elevation,
+            azimuth=self.azimuth,
+            distance=self.distance,
+            light_position=to_device(self.light_position, device),
             view_labels=self.view_labels,
         )
 

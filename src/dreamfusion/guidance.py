@@ -23,6 +23,7 @@ from dreamfusion.cameras import CameraBatch
 from dreamfusion.priors.base import DiffusionPrior, PriorError, PromptEmbeddings
 from dreamfusion.schedules import TimestepRange
 from dreamfusion.sds import PERP_NEG_VIEWS, GuidanceMode, SDSOutput, Weighting, perp_neg_weights, score_distillation
+from dreamfusion.transfer import to_device
 
 
 @dataclass(frozen=True)
@@ -122,4 +123,4 @@ class Guidance:
             return None, None
         by_view = self.embeddings.views(textureless)
         negatives = torch.stack([by_view[PERP_NEG_VIEWS[k]].expand_as(conditional) for k in used])
-        return negatives, weights[used].to(conditional.device)
+        return negatives, to_device(weights[used], conditional.device)

@@ -5,6 +5,7 @@ composite them over the background (``composite``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 from jaxtyping import Bool, Float
@@ -27,8 +28,14 @@ class RendererConfig:
     near_min: float = 0.05
     """Closest sample distance from the camera, for cameras inside the bounding sphere."""
     normal_weight_threshold: float = 1e-4
-    """Normals are computed only at samples whose compositing weight exceeds this: the others add at most
-    that much to any pixel or loss, and normals are the most expensive part of a render."""
+    """Normals count only at samples whose compositing weight exceeds this: the others add at most that much
+    to any pixel or loss, and normals are the most expensive part of a render."""
+    sample_compaction: Literal["auto", "on", "off"] = "auto"
+    """"on": query the geometry only at the samples that count (rays that cross the sphere, occupied cells,
+    normals where the weight is significant). That saves work, but how many samples count is known only on
+    the device, so on a GPU the host waits for it twice a render and four times a backward pass. "off": query
+    every sample, masking the rest, in one pass with normals, so a step queues without waiting. "auto": off for
+    training renders on CUDA (their rays nearly all cross the sphere, so little is skipped), on otherwise."""
 
     def __post_init__(self) -> None:
         if self.num_samples <= 0 or self.num_importance < 0 or self.near_min < 0 or self.normal_weight_threshold < 0:
@@ -122,6 +129,8 @@ class SampledGeometry:
     points: Float[Tensor, "R S 3"]
     density: Float[Tensor, "R S"]
     albedo: Float[Tensor, "R S 3"]
+    normals: Float[Tensor, "R S 3"] | None = None
+    """Normals at every sample, when the query computed them with the rest (no compaction)."""
 
 
 @dataclass
@@ -181,11 +190,14 @@ def _sample_pdf(
 def compositing_weights(
     density: Float[Tensor, "R S"], t: Float[Tensor, "R S"], far: Float[Tensor, " R"]
 ) -> Float[Tensor, "R S"]:
-    """Alpha-compositing weights w_i = T_i (1 - exp(-sigma_i delta_i))."""
+    """Alpha-compositing weights w_i = T_i (1 - exp(-sigma_i delta_i)), with T_i = exp(-sum_{j<i} sigma_j delta_j).
+    The transmittance is a sum, not a product of (1 - alpha_j): the backward of a cumulative product asks the
+    host whether any factor is zero, which makes a CUDA step wait."""
     deltas = torch.cat((t[:, 1:] - t[:, :-1], (far - t[:, -1]).clamp(min=1e-4)[:, None]), dim=-1)
-    alpha = 1.0 - torch.exp(-density * deltas)
-    transmittance = torch.cumprod(torch.cat((torch.ones_like(alpha[:, :1]), 1.0 - alpha + 1e-10), dim=-1), dim=-1)
-    return alpha * transmittance[:, :-1]
+    optical_depth = density * deltas
+    alpha = 1.0 - torch.exp(-optical_depth)
+    before = torch.cat((torch.zeros_like(optical_depth[:, :1]), optical_depth[:, :-1].cumsum(-1)), dim=-1)
+    return alpha * torch.exp(-before)
 
 
 def _stratified(
@@ -228,14 +240,24 @@ def sample_rays(
     return samples
 
 
-def query_geometry(geometry: Geometry, samples: RaySamples, occupancy: OccupancyGrid | None) -> SampledGeometry:
-    """Density and albedo at the samples of rays that cross the sphere, skipping cells ``occupancy`` marks empty."""
+def query_geometry(
+    geometry: Geometry, samples: RaySamples, occupancy: OccupancyGrid | None, compact: bool = True, with_normals: bool = False
+) -> SampledGeometry:
+    """Density and albedo at the samples of rays that cross the sphere, zero in cells ``occupancy`` marks empty.
+    ``compact`` queries only those samples; otherwise every sample is queried, with normals when asked, and
+    the others are masked (see ``RendererConfig.sample_compaction``)."""
     rays, count = samples.t.shape
     points = samples.points
     flat_points = points.reshape(-1, 3)
     active = samples.hit[:, None].expand(rays, count).reshape(-1)
     if occupancy is not None:
         active = active & occupancy.query(flat_points)
+    if not compact:
+        out = geometry(flat_points, with_normals=with_normals)
+        density = torch.where(active, out.density, 0.0)
+        albedo = torch.where(active[:, None], out.albedo, 0.0)
+        normals = None if out.normals is None else out.normals.reshape(points.shape)
+        return SampledGeometry(points, density.reshape(rays, count), albedo.reshape(rays, count, 3), normals)
     out = geometry(flat_points[active])
     density = flat_points.new_zeros(rays * count).masked_scatter(active, out.density)
     albedo = flat_points.new_zeros(rays * count, 3).masked_scatter(active[:, None], out.albedo)
@@ -254,14 +276,24 @@ def shade_samples(
     compositing weight exceeds ``normal_weight_threshold`` (see ``RendererConfig``)."""
     normals = None
     if options.needs_normals:
-        flat_points = sampled.points.reshape(-1, 3)
-        significant = (weights.detach() > normal_weight_threshold).reshape(-1)
-        found = geometry(flat_points[significant], with_normals=True).normals
-        assert found is not None, "a geometry asked for normals must return them"
-        normals = torch.zeros_like(flat_points).masked_scatter(significant[:, None], found).reshape(sampled.points.shape)
+        significant = weights.detach() > normal_weight_threshold
+        if sampled.normals is not None:
+            normals = torch.where(significant[..., None], sampled.normals, 0.0)
+        else:
+            flat_points = sampled.points.reshape(-1, 3)
+            found = geometry(flat_points[significant.reshape(-1)], with_normals=True).normals
+            assert found is not None, "a geometry asked for normals must return them"
+            normals = torch.zeros_like(flat_points).masked_scatter(significant.reshape(-1, 1), found).reshape(sampled.points.shape)
     light = lights[:, None].expand_as(sampled.points)
     colours = shade(sampled.albedo, normals, sampled.points, light, options.mode, options.ambient, options.diffuse)
     return ShadedSamples(colours, normals)
+
+
+def compacts_samples(config: RendererConfig, training: bool, device: torch.device) -> bool:
+    """Whether a render queries only the samples that count (see ``RendererConfig.sample_compaction``)."""
+    if config.sample_compaction == "auto":
+        return not (training and device.type == "cuda")
+    return config.sample_compaction == "on"
 
 
 def composite(
@@ -316,7 +348,8 @@ def render(
     options = ShadingOptions(shading, ambient, diffuse, with_normals)
     randomness = Randomness(training, host_generator, device_generator)
     samples = sample_rays(geometry, cameras.rays_o.reshape(-1, 3), cameras.rays_d.reshape(-1, 3), config, randomness)
-    sampled = query_geometry(geometry, samples, occupancy)
+    compact = compacts_samples(config, training, cameras.rays_o.device)
+    sampled = query_geometry(geometry, samples, occupancy, compact, with_normals=options.needs_normals)
     weights = compositing_weights(sampled.density, samples.t, samples.far)
     lights = cameras.light_position[:, None, None, :].expand_as(cameras.rays_o).reshape(-1, 3)
     shaded = shade_samples(geometry, sampled, weights, lights, options, config.normal_weight_threshold)

@@ -21,6 +21,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from dreamfusion.cameras import VIEW_AZIMUTH_DEG, ViewLabel
+from dreamfusion.transfer import to_device
 
 if TYPE_CHECKING:
     from dreamfusion.priors.base import DiffusionPrior
@@ -117,8 +118,8 @@ def score_distillation(
     alphas_cumprod = prior.alphas_cumprod
     batch = latents.shape[0]
     timesteps = sample_timesteps(batch, t_range, alphas_cumprod.shape[0], generator)
-    noise = torch.randn(latents.shape, generator=generator).to(latents)
-    timesteps_device = timesteps.to(latents.device)
+    noise = to_device(torch.randn(latents.shape, generator=generator), latents.device).to(latents.dtype)
+    timesteps_device = to_device(timesteps, latents.device)
     if negatives is None or negative_weights is None:
         negatives = conditional.new_zeros((0, *conditional.shape))
         negative_weights = latents.new_zeros((0, batch))

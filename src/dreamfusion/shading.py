@@ -14,6 +14,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from dreamfusion.transfer import to_device
+
 ShadingMode = Literal["albedo", "lambertian", "textureless"]
 SHADING_MODES: tuple[ShadingMode, ...] = ("albedo", "lambertian", "textureless")
 
@@ -133,10 +135,10 @@ class Background(nn.Module):
         """The background seen along each ray; random solid colours are drawn from ``generator`` (CPU)."""
         batch = directions.shape[0]
         if training and generator is not None:
-            solid = torch.rand(batch, 3, generator=generator).to(directions)
+            solid = to_device(torch.rand(batch, 3, generator=generator), directions.device).to(directions.dtype)
             if self.config.kind == "random_solid":
                 return solid[:, None, None, :].expand_as(directions)
-            swap = (torch.rand(batch, generator=generator) < self.config.random_solid_probability).to(directions.device)
+            swap = to_device(torch.rand(batch, generator=generator) < self.config.random_solid_probability, directions.device)
             learned = self(directions)
             return torch.where(swap[:, None, None, None], solid[:, None, None, :].expand_as(learned), learned)
         if self.config.kind == "random_solid":
