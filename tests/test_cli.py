@@ -8,6 +8,7 @@ import yaml
 from helpers import TINY_OVERRIDES, run_cli, snapshot, tiny_config_file
 from typer.testing import CliRunner
 
+import dreamfusion.distributed
 from dreamfusion.cli import app
 
 runner = CliRunner()
@@ -152,17 +153,42 @@ def test_out_of_vocabulary_prompt_with_the_embedded_prior(tmp_path: Path, monkey
     assert not (tmp_path / "run").exists()
 
 
+def _pretend_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The device every --device resolves to, for the decision whether compiling pays (the run itself is captured)."""
+    monkeypatch.setattr(dreamfusion.distributed, "resolve_device", lambda name: torch.device("cuda"))
+
+
 def test_compile_option_turns_on_every_compiled_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen = capture_run_configs(monkeypatch)
+    _pretend_cuda(monkeypatch)
     sd = ("--prior", "sd", "--model", str(tmp_path / "sd"))
-    outputs = [_run("generate", "a red chair", "--out", str(tmp_path / "run"), "--device", "cpu", *extra).output
+    long = ("--iters", "20000")  # long enough for compiling to pay with the embedded prior
+    outputs = [_run("generate", "a red chair", "--out", str(tmp_path / "run"), *long, *extra).output
                for extra in ((), ("--compile",), (*sd, "--compile"))]
     assert "compiling" not in outputs[0] and "compiling with torch.compile" in outputs[1]
+    assert not any("skipped" in output for output in outputs)
     plain, compiled, compiled_sd = seen
     assert not plain.trainer.compile_field and compiled.trainer.compile_field
     assert compiled.prior == plain.prior  # the embedded prior has nothing to compile
     assert compiled_sd.trainer.compile_field and compiled_sd.prior.compile_unet and compiled_sd.prior.compile_vae
     assert compiled_sd.prior.channels_last and compiled.trainer.iters == plain.trainer.iters
+
+
+@pytest.mark.parametrize(("device", "iters", "reason"), [
+    ("cpu", "20000", "compiling makes steps slower on a CPU"),
+    ("cuda", "3000", "it pays from about 13,000 steps; this run has 3,000"),
+])  # fmt: skip
+def test_compile_is_skipped_where_it_cannot_pay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device: str, iters: str, reason: str
+) -> None:
+    seen = capture_run_configs(monkeypatch)
+    if device == "cuda":
+        _pretend_cuda(monkeypatch)
+    output = _run("generate", "a red chair", "--out", str(tmp_path / "run"), "--iters", iters, "--compile").output
+    assert "--compile skipped" in output and reason in " ".join(output.split())
+    assert "compiling with torch.compile" not in output
+    (config,) = seen
+    assert not config.trainer.compile_field and config.trainer.iters == int(iters)
 
 
 @pytest.mark.slow
@@ -441,6 +467,7 @@ def test_compile_flag_adds_to_the_config_files_settings(tmp_path: Path, monkeypa
     seen = capture_run_configs(monkeypatch)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"seed": 9, "prior": {"name": "sd", "model": str(tmp_path / "sd"), "cuda_graph": False}}))
+    _pretend_cuda(monkeypatch)
     assert run_cli("generate", "a ball", "--config", str(config), "--compile", "--out", str(tmp_path / "o")).code == 2
     (compiled,) = seen
     assert compiled.trainer.compile_field and compiled.prior.compile_unet and compiled.prior.channels_last

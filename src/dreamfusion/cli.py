@@ -119,11 +119,11 @@ def generate(
     from dreamfusion.run import check_run_dir, prompt_slug, validate_prompt
     from dreamfusion.run import generate as run_generate
 
-    flags = _run_overrides(prior, model, seed, device, iters, compile)
+    flags = _run_overrides(prior, model, seed, device, iters)
     if guidance_scale is not None:
         flags["guidance"] = {"guidance_scale": guidance_scale}
     # The file is checked on its own first: a bad value in it is an error even where a flag overrides it.
-    run_config = _with_compiled_prior(build_config(preset, config, flags), compile)
+    run_config = _compiled_where_it_pays(build_config(preset, config, flags), compile)
     prompt = validate_prompt(prompt, run_config.prior)
     run_config = replace(run_config, prompt=prompt)
     # What the user asked for explicitly, the file's keys under the typed flags: a resumed run must agree with it.
@@ -170,13 +170,12 @@ def generate(
 
 COMPILE_HELP = (
     "torch.compile the NeRF field and, for sd / if, the prior's networks (channels-last too): 1.5-2x faster "
-    "steps on a GPU after minutes of compiling (cached for later runs); pays on long GPU runs, not on a CPU."
+    "steps on a GPU after minutes of compiling (cached for later runs). Skipped, with a note, where it cannot "
+    "pay: on a CPU, and with the embedded prior for runs under about 13,000 steps."
 )
 
 
-def _run_overrides(
-    prior: str | None, model: str | None, seed: int | None, device: str | None, iters: int | None, compile: bool
-) -> dict[str, Any]:
+def _run_overrides(prior: str | None, model: str | None, seed: int | None, device: str | None, iters: int | None) -> dict[str, Any]:
     """Config overrides from the flags that generate and batch share, only those the user typed (None: not
     typed, so the preset's or the config file's value stands), after the checks that name the flag."""
     from dreamfusion.typed_config import ConfigError
@@ -193,20 +192,29 @@ def _run_overrides(
     overrides: dict[str, Any] = {
         "seed": seed, "device": device, "prior": {"name": prior, "model": model}, "trainer": {"iters": iters}
     }  # fmt: skip
-    if compile:
-        overrides["trainer"]["compile_field"] = True
     return _typed(overrides)
 
 
 PRIOR_COMPILE_OPTIONS = {"compile_unet": True, "compile_vae": True, "channels_last": True}
 
 
-def _with_compiled_prior(config: RunConfig, compile: bool) -> RunConfig:
-    """With --compile, the prior's networks are compiled too, where its config has those options (sd, if)."""
+def _compiled_where_it_pays(config: RunConfig, compile: bool) -> RunConfig:
+    """With --compile: the field and, where its config has those options (sd, if), the prior's networks are
+    compiled, unless compiling cannot pay for the run on its device; then a note says why and nothing is.
+    ``trainer: {compile_field: true}`` in a config file compiles the field regardless."""
+    from dreamfusion.distributed import is_main_process, resolve_device
+    from dreamfusion.trainer import compile_skip_reason
+
     if not compile:
         return config
+    reason = compile_skip_reason(resolve_device(config.device), config.prior.name, config.total_steps)
+    if reason is not None:
+        if is_main_process():
+            console.print(f"[yellow]note:[/] --compile skipped: {reason} (trainer: {{compile_field: true}} in a --config file compiles anyway)")
+        return config
     known = {field.name for field in fields(config.prior)}
-    return replace(config, prior=replace(config.prior, **{k: v for k, v in PRIOR_COMPILE_OPTIONS.items() if k in known}))
+    prior = replace(config.prior, **{k: v for k, v in PRIOR_COMPILE_OPTIONS.items() if k in known})
+    return replace(config, prior=prior, trainer=replace(config.trainer, compile_field=True))
 
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -289,7 +297,7 @@ def batch(
 
     if per_gpu is not None:
         check_per_device(per_gpu, "--per-gpu")
-    base = _with_compiled_prior(build_config(preset, config, _run_overrides(prior, model, seed, device, iters, compile)), compile)
+    base = _compiled_where_it_pays(build_config(preset, config, _run_overrides(prior, model, seed, device, iters)), compile)
     if _relaunch_under_torchrun(gpus, lambda: read_prompts(prompts)):  # --per-gpu passes on to every rank
         return
     summary = run_batch_from_env(prompts, out, base, overwrite=overwrite, per_device=per_gpu)
