@@ -1,5 +1,6 @@
 """Speed and peak memory of the optimization loop (64x64 renders unless told): the renderer alone, the prior
-alone, the whole step.
+alone, the whole step (figures read back each step, then every ``log_every`` steps as a run does, then the same
+with the renderer's sample compaction forced on).
 
     python bench/loop.py OUT.json [--device cpu|cuda] [--prior analytic|embedded] [--steps N] [--preset default]
                          [--resolution 64]

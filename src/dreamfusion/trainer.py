@@ -239,7 +239,8 @@ def compile_skip_reason(device: torch.device, prior: str, steps: int) -> str | N
 
 class CompiledField:
     """A field's forward through torch.compile, for training renders only (evaluation and export call the
-    eager field and compile nothing). Sample counts change every step, so the batch dimension is dynamic."""
+    eager field and compile nothing). The batch dimension is dynamic: compacted renders (on a CPU, see
+    ``RendererConfig.sample_compaction``) query a different number of samples every step."""
 
     backend = "inductor"
 
