@@ -26,6 +26,28 @@ def test_hashed_levels_use_the_whole_table_and_stay_finite() -> None:
     assert out.shape == (1000, 8) and torch.isfinite(out).all()
 
 
+def test_each_corner_reads_its_levels_row_of_the_spatial_hash() -> None:
+    """A table whose rows hold their own row number shows which row each corner read: on dense levels the grid
+    index, on hashed ones (x ^ y * 2654435761 ^ z * 805459861) mod the table size, each after its level's offset."""
+    config = HashGridConfig(levels=4, features_per_level=1, log2_table_size=9, base_resolution=4, max_resolution=16)
+    encoding = HashGridEncoding(config)
+    assert 0 < encoding.dense_levels < config.levels  # both kinds of level
+    size = 2**config.log2_table_size
+    with torch.no_grad():
+        encoding.tables.copy_(torch.arange(config.levels * size, dtype=torch.float64).reshape(config.levels, size, 1))
+    x = torch.rand(50, 3, generator=torch.Generator().manual_seed(3))
+    rows, _ = encoding._corners(x)
+    for level, resolution in enumerate(encoding.resolutions.tolist()):
+        low = torch.floor(x * resolution).long()
+        for corner in range(8):
+            i, j, k = (low[:, axis] + ((corner >> (2 - axis)) & 1) for axis in range(3))
+            if level < encoding.dense_levels:
+                expected = i + j * (int(resolution) + 1) + k * (int(resolution) + 1) ** 2
+            else:
+                expected = (i ^ j * 2654435761 ^ k * 805459861) % size
+            assert torch.equal(rows[:, level, corner, 0].long(), expected + level * size), (level, corner)
+
+
 def _tiny_field(**kwargs) -> NeRFField:
     torch.manual_seed(0)
     encoding = HashGridConfig(levels=4, log2_table_size=12, base_resolution=8, max_resolution=64, init_scale=0.5)
