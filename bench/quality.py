@@ -52,6 +52,8 @@ class PromptRow:
     ok: bool
     error: str = ""
     scores: HeadlineScores | None = None
+    restarts: int = 0
+    """Haze or empty-scene restarts on a new seed (the "started over" lines of run.log)."""
 
 
 def run_dir_of(out_dir: Path, prompt: str, seed: int, args: argparse.Namespace) -> Path:
@@ -71,11 +73,14 @@ def run_prompt(prompt: str, held_out: bool, seed: int, out_dir: Path, args: argp
     started = time.perf_counter()
     finished = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - started
+    log = run_dir / "run.log"
+    restarts = log.read_text().count("started over on seed") if log.is_file() else 0
     if finished.returncode != 0:
-        return PromptRow(prompt, held_out, seed, seconds, ok=False, error=finished.stderr.strip().splitlines()[-1:][0] if finished.stderr.strip() else "failed")
+        error = finished.stderr.strip().splitlines()[-1] if finished.stderr.strip() else "failed"
+        return PromptRow(prompt, held_out, seed, seconds, ok=False, error=error, restarts=restarts)
     result = evaluate_run(run_dir, args.device)
     (run_dir / "eval.json").write_text(result.to_json())
-    return PromptRow(prompt, held_out, seed, seconds, ok=True, scores=result.headline())
+    return PromptRow(prompt, held_out, seed, seconds, ok=True, scores=result.headline(), restarts=restarts)
 
 
 def write_sheet(run_dirs: list[Path], path: Path) -> None:
@@ -153,23 +158,25 @@ def main() -> None:
              "occupancy_iou", "best_turn_iou", "aligned_iou", "albedo_noise", "shading_speckle", "mesh_occupancy_iou", "mesh_silhouette_iou",
              "mesh_colour_difference")  # fmt: skip
     header = ("obj", "col", "both", "view", "janus", "IoU", "IoU*", "aIoU", "noise", "speck", "mIoU", "sil", "dRGB")
-    print(f"{'prompt':<20}{'held':>5}{'seed':>5}" + "".join(f"{name:>7}" for name in header) + f"{'sec':>7}")
+    print(f"{'prompt':<20}{'held':>5}{'seed':>5}" + "".join(f"{name:>7}" for name in header) + f"{'sec':>7}{'rst':>4}")
     for row in rows:
         s = row.scores
         lead = f"{row.prompt:<20}{'yes' if row.held_out else '':>5}{row.seed:>5}"
         if s is None:
             print(f"{lead}  FAILED: {row.error}")
             continue
-        print(lead + "".join(f" {fmt(getattr(s, name))}" for name in names) + f"{row.seconds:7.0f}")
+        print(lead + "".join(f" {fmt(getattr(s, name))}" for name in names) + f"{row.seconds:7.0f}{row.restarts:4d}")
     medians = {name: median(rows, name) for name in (*names, "seconds")}
     print(f"{'median':<30}" + "".join(f" {fmt(medians[name])}" for name in names) + f"{medians['seconds'] or 0:7.0f}")
     meshes = sum(row.scores is not None and row.scores.mesh_silhouette_iou is not None for row in rows)
     worst = min((row.scores.mesh_silhouette_iou for row in rows if row.scores and row.scores.mesh_silhouette_iou is not None),
                 default=None)  # fmt: skip
     print(f"meshes: {meshes} of {len(rows)} results; lowest mesh outline IoU {fmt(worst)}")
+    restarted = [row for row in rows if row.restarts]
+    print(f"restarts (haze or empty scene, on a new seed): {sum(row.restarts for row in rows)} in {len(restarted)} of {len(rows)} runs")
     record = {"bench": "quality", "preset": args.preset, "iters": args.iters, "device": args.device,
               "parallel": args.parallel, "seeds": list(range(args.seed, args.seed + args.seeds)), "wall_seconds": wall, "medians": medians, "meshes": meshes,
-              "lowest_mesh_silhouette_iou": worst, "rows": [asdict(row) for row in rows]}
+              "lowest_mesh_silhouette_iou": worst, "restarts": sum(row.restarts for row in rows), "rows": [asdict(row) for row in rows]}
     (args.out / "quality.json").write_text(json.dumps(record, indent=2))
     if args.sheet is not None:
         write_sheet([run_dir_of(args.out, prompt, seed, args) for prompt, _, seed in jobs], args.sheet)
@@ -178,6 +185,7 @@ def main() -> None:
     print("speck: shading speckle, textureless renders against their 3x3 median over the object's inner pixels")
     print("aIoU: the best IoU against the true object turned, moved onto the field's centre and scaled (a diagnostic)")
     print("mIoU: mesh.glb against the true object; sil: its outline IoU with the field's renders; dRGB: its colour difference")
+    print("rst: restarts on a new seed after a haze or an empty scene (see run.log)")
     print(json.dumps(record))
 
 
