@@ -20,7 +20,6 @@ from dreamfusion.evaluate import (
     evaluate_3d,
     evaluation_cameras,
     field_occupancy,
-    grown_by_one_voxel,
     hidden_voxels,
     janus_rate,
     occupancy_iou,
@@ -34,6 +33,7 @@ from dreamfusion.procedural.objects import occupancy_grid
 from dreamfusion.renderer import OccupancyGrid, RendererConfig
 from dreamfusion.scene import Scene
 from dreamfusion.shading import Background, BackgroundConfig, ShadingConfig
+from dreamfusion.voxels import dilated
 
 
 class BallField(nn.Module):
@@ -239,11 +239,11 @@ def test_shading_speckle_sees_isolated_pixels_and_not_smooth_shading() -> None:
 def test_one_voxel_growth_is_the_scale_of_the_iou() -> None:
     dot = torch.zeros(5, 5, 5, dtype=torch.bool)
     dot[2, 2, 2] = True
-    assert int(grown_by_one_voxel(dot).sum()) == 27
+    assert int(dilated(dot).sum()) == 27
     corner = torch.zeros(5, 5, 5, dtype=torch.bool)
     corner[0, 0, 0] = True
-    assert int(grown_by_one_voxel(corner).sum()) == 8  # nothing grows past the grid
+    assert int(dilated(corner).sum()) == 8  # nothing grows past the grid
     # Thin kinds lose most of their IoU to one voxel of extra thickness, solid ones far less.
     chair, cube = (occupancy_grid(kind, 64, 1.0) for kind in ("chair", "cube"))
-    assert occupancy_iou(chair, grown_by_one_voxel(chair)) == pytest.approx(0.29, abs=0.01)
-    assert occupancy_iou(cube, grown_by_one_voxel(cube)) == pytest.approx(0.73, abs=0.01)
+    assert occupancy_iou(chair, dilated(chair)) == pytest.approx(0.29, abs=0.01)
+    assert occupancy_iou(cube, dilated(cube)) == pytest.approx(0.73, abs=0.01)

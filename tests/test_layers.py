@@ -14,7 +14,8 @@ SOURCE = Path(__file__).resolve().parents[1] / "src"
 LAYERS: list[tuple[str, ...]] = [
     # lowest first; a module belongs to the first entry that is its name or a package above it
     ("dreamfusion.errors", "dreamfusion.typed_config", "dreamfusion.files", "dreamfusion.memory", "dreamfusion.runlock",
-     "dreamfusion.schedules", "dreamfusion.diffusion", "dreamfusion.collapse", "dreamfusion.transfer"),
+     "dreamfusion.schedules", "dreamfusion.diffusion", "dreamfusion.collapse", "dreamfusion.transfer",
+     "dreamfusion.voxels"),
     ("dreamfusion.cameras", "dreamfusion.field", "dreamfusion.shading", "dreamfusion.sds", "dreamfusion.distributed"),
     ("dreamfusion.geometry", "dreamfusion.renderer", "dreamfusion.regularizers", "dreamfusion.scene", "dreamfusion.sdf_field",
      "dreamfusion.procedural"),

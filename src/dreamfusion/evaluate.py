@@ -49,6 +49,7 @@ from dreamfusion.procedural.objects import OBJECT_KINDS, grid_points, occupancy_
 from dreamfusion.renderer import RenderOutput
 from dreamfusion.scene import MAX_RAYS, Scene
 from dreamfusion.shading import Background, BackgroundConfig, ShadingMode
+from dreamfusion.voxels import dilated
 
 
 def parse_subject(prompt: str) -> tuple[str, str | None]:
@@ -145,11 +146,6 @@ def field_occupancy(
     if threshold is not None:
         return density > threshold
     return hidden_voxels(density, 2.0 * bound / (resolution - 1))
-
-
-def grown_by_one_voxel(occupied: Bool[Tensor, "R R R"]) -> Bool[Tensor, "R R R"]:
-    """``occupied`` and every voxel that touches it (the 26 neighbours)."""
-    return F.max_pool3d(occupied.float()[None, None], 3, stride=1, padding=1)[0, 0] > 0
 
 
 def occupancy_iou(a: Bool[Tensor, "R R R"], b: Bool[Tensor, "R R R"]) -> float:
@@ -533,7 +529,7 @@ def evaluate_3d(
     canonical = occupancy_iou(occupied, truth)
     return Eval3DResult(
         prompt=prompt, kind=kind, colour=colour, view_identifiable=kind not in VIEW_SYMMETRIC_KINDS, probe=scores,
-        occupancy_iou=canonical, one_voxel_iou=occupancy_iou(truth, grown_by_one_voxel(truth)), best_turn_iou=best_iou, best_turn_degrees=best_degrees,
+        occupancy_iou=canonical, one_voxel_iou=occupancy_iou(truth, dilated(truth)), best_turn_iou=best_iou, best_turn_degrees=best_degrees,
         alignment=align(occupied, kind, truth, best_iou, config), albedo_noise=albedo_noise(albedo), shading_speckle=shading_speckle(shape),
         density_threshold=threshold,
         occupied_voxels=int(occupied.sum()), true_voxels=int(truth.sum()), views=tuple(records), config=config,

@@ -15,6 +15,7 @@ from dreamfusion.cameras import CameraBatch
 from dreamfusion.field import NeRFField
 from dreamfusion.geometry import Geometry
 from dreamfusion.shading import Background, ShadingMode, shade
+from dreamfusion.voxels import dilated
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,7 @@ class OccupancyGrid:
         centres = (torch.arange(resolution, device=device, dtype=torch.float32) + 0.5) / resolution * 2 - 1
         grid = torch.stack(torch.meshgrid(centres, centres, centres, indexing="ij"), dim=-1).reshape(-1, 3) * bound
         density = torch.cat([field.density(chunk) for chunk in grid.split(65536)]).reshape((resolution,) * 3)
-        occupied = torch.nn.functional.max_pool3d((density > threshold).float()[None, None], 3, stride=1, padding=1)
-        return cls(occupied[0, 0] > 0, bound)
+        return cls(dilated(density > threshold), bound)
 
     def query(self, points: Float[Tensor, "N 3"]) -> Bool[Tensor, " N"]:
         resolution = self.occupied.shape[0]

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Bool, Float
+from jaxtyping import Float
 from torch import Tensor, nn
 
 from dreamfusion.field import FieldConfig, FieldOutput, HashGridConfig, NeRFField
 from dreamfusion.geometry import Geometry
 from dreamfusion.procedural.objects import grid_points
 from dreamfusion.schedules import WarmupCosine
+from dreamfusion.voxels import boundary
 
 
 @dataclass(frozen=True)
@@ -148,12 +149,6 @@ def _on_grid(values: Callable[[Tensor], Tensor], points: Float[Tensor, "N 3"], c
     return torch.cat([values(part) for part in points.split(chunk)])
 
 
-def _boundary(inside: Bool[Tensor, "R R R"]) -> Bool[Tensor, "R R R"]:
-    """Grid points with a neighbour (of the 26) on the other side."""
-    above = inside.float()[None, None]
-    return (F.max_pool3d(above, 3, 1, 1) != -F.max_pool3d(-above, 3, 1, 1))[0, 0]
-
-
 def _fit_points(
     surface: Float[Tensor, "M 3"], uniform: int, near: int, bound: float, spacing: float, generator: torch.Generator
 ) -> Float[Tensor, "N 3"]:
@@ -195,7 +190,7 @@ def fit_to_density(
     points = grid_points(FIT_RESOLUTION, bound, device).reshape(-1, 3)
     in_sphere = points.norm(dim=-1) <= bound
     target = (_on_grid(source.density, points) > level) & in_sphere
-    surface = points[_boundary(target.reshape((FIT_RESOLUTION,) * 3)).reshape(-1)]
+    surface = points[boundary(target.reshape((FIT_RESOLUTION,) * 3)).reshape(-1)]
     if surface.shape[0] == 0:
         raise ValueError(f"the source has no surface at density {level:.3g} inside the bounding sphere")
     spacing = 2.0 * bound / (FIT_RESOLUTION - 1)

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from dreamfusion.geometry import Geometry
 from dreamfusion.procedural.objects import grid_points
+from dreamfusion.voxels import boundary, dilated
 
 COARSE_STEP = 3
 """Fine grid points per coarse grid point along each axis."""
@@ -114,11 +115,7 @@ def _inside_sphere(values: Tensor, points: Tensor, bound: float) -> Tensor:
 def near_surface(coarse: Float[Tensor, "C C C"], level: float) -> Bool[Tensor, "C C C"]:
     """Coarse points within ``BAND_RATIO`` of ``level`` or next to a crossing of it, dilated."""
     near = (coarse > level / BAND_RATIO) & (coarse < level * BAND_RATIO)
-    above = (coarse > level).float()[None, None]
-    crossing = F.max_pool3d(above, 3, 1, 1) != -F.max_pool3d(-above, 3, 1, 1)
-    near = near | crossing[0, 0]
-    size = 2 * BAND_DILATION + 1
-    return F.max_pool3d(near.float()[None, None], size, 1, BAND_DILATION)[0, 0] > 0
+    return dilated(near | boundary(coarse > level), BAND_DILATION)
 
 
 @torch.no_grad()
