@@ -120,13 +120,12 @@ class HashGridEncoding(nn.Module):
         # Per-axis index terms, combined over the 8 corners by broadcasting (bit 2: x, bit 1: y, bit 0: z):
         # far cheaper than forming all 8 x 3 corner coordinates first.
         terms = coords * self.axis_multipliers[None, :, :, None]
+        dense_levels = self.dense_levels
         # Hashed levels: XOR commutes with the table-size mask, so each axis term is masked before the 8-corner
-        # broadcast. Each level's table offset (a multiple of the table size, so it holds no masked bit) joins the
-        # x term, by XOR on hashed levels and by addition on dense ones. Only the final combination is corner-sized.
-        dense_levels, offsets = self.dense_levels, self.level_offsets[None, :, None]
-        hashed = torch.arange(levels, device=x.device)[None, :, None, None] >= dense_levels
-        terms = torch.where(hashed, terms & (self.table_size - 1), terms)
-        first = torch.where(hashed[:, :, 0], terms[:, :, 0] ^ offsets, terms[:, :, 0] + offsets)
+        # broadcast. Each level's table offset, a multiple of the table size, joins the x term: on hashed levels
+        # it shares no bit with the masked terms, so adding it equals XOR-ing it into the hash afterwards.
+        terms[:, dense_levels:] &= self.table_size - 1
+        first = terms[:, :, 0] + self.level_offsets[None, :, None]
         tx, ty, tz = first[:, :, :, None, None], terms[:, :, 1, None, :, None], terms[:, :, 2, None, None, :]
         index = torch.cat(
             (
