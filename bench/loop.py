@@ -96,18 +96,19 @@ def main() -> None:
         with trainer._autocast():
             score_distillation(prior, latents, cond, uncond, scale, (0.02, 0.98), "sds", generator)
 
+    every = config.trainer.log_every
+
     def read_in_batches(trainer: Trainer) -> Callable[[], None]:
         pending: list = []
 
         def step() -> None:  # as Trainer.fit runs: figures read once per log_every steps
             pending.append(trainer.queue_step())
-            if len(pending) == config.trainer.log_every:
+            if len(pending) == every:
                 trainer.read_steps(pending)
                 pending.clear()
 
         return step
 
-    every = config.trainer.log_every
     # The same loop with the renderer's sample compaction forced on (it is off for CUDA training renders).
     compacting = Trainer(replace(config, renderer=replace(config.renderer, sample_compaction="on")), prior, device)
 

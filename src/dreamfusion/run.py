@@ -371,19 +371,18 @@ class EmptyFieldWatch:
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
-        self.empty = False
         self.empty_readings = 0
+        """Logged steps in a row whose views were empty; the field counts as empty from ``EMPTY_READINGS`` on."""
 
     def see(self, metrics: StepMetrics) -> None:
         if metrics.skipped:
             return
+        was_empty = self.empty_readings >= EMPTY_READINGS
         self.empty_readings = self.empty_readings + 1 if metrics.opacity < EMPTY_OPACITY else 0
-        if self.empty_readings == EMPTY_READINGS and not self.empty:
-            self.empty = True
+        if self.empty_readings == EMPTY_READINGS:
             log_line(self.run_dir, f"step {metrics.step}: the views of the last {EMPTY_READINGS} logged steps are empty "
                                    f"(mean opacity {metrics.opacity:.2g}); the field holds no visible density")  # fmt: skip
-        elif self.empty and self.empty_readings == 0:
-            self.empty = False
+        elif was_empty and self.empty_readings == 0:
             log_line(self.run_dir, f"step {metrics.step}: the field is visible again (mean opacity {metrics.opacity:.2g})")
 
 
