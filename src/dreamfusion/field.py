@@ -11,6 +11,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from dreamfusion.hash_kernels import GridLayout, fused_encode, triton_available
+
+EncodingKernel = Literal["fused", "torch"]
 DensityBias = Literal["blob_dreamfusion", "blob_magic3d", "none"]
 DensityActivation = Literal["exp", "softplus"]
 NormalMethod = Literal["analytic", "autograd", "finite_difference"]
@@ -66,6 +69,10 @@ class HashGridConfig:
     detail, so finer levels only learn noise, which shows as dark speckle in shaded views (with the embedded
     prior, 2048 -> 256 took the shading speckle of eval-3d from 0.074 to 0.044 over 3 bench prompts)."""
     init_scale: float = 1e-4
+    kernel: EncodingKernel = "fused"
+    """"fused": on CUDA, the Triton kernels of ``hash_kernels`` (where Triton is installed and the points need no
+    gradient, as in every render), about 10x less GPU time than tensor operations; "torch": tensor operations
+    everywhere. Both give the same features up to the order of float sums."""
 
     def __post_init__(self) -> None:
         if min(self.levels, self.features_per_level, self.log2_table_size, self.base_resolution) <= 0:
@@ -109,6 +116,17 @@ class HashGridEncoding(nn.Module):
             (torch.rand(config.levels, table_size, config.features_per_level) * 2 - 1) * config.init_scale
         )
 
+    @property
+    def layout(self) -> GridLayout:
+        return GridLayout(self.resolutions, self.axis_multipliers, self.level_offsets, self.dense_levels, self.table_size,
+                          self.config.features_per_level)  # fmt: skip
+
+    def _fuses(self, x: Tensor) -> bool:
+        """Whether to encode ``x`` with the fused kernels (see ``HashGridConfig.kernel``). Never inside
+        torch.compile, which fuses the tensor version itself."""
+        return (self.config.kernel == "fused" and x.is_cuda and not x.requires_grad and triton_available()
+                and not torch.compiler.is_compiling())  # fmt: skip
+
     def _corners(self, x: Float[Tensor, "N 3"]) -> tuple[Float[Tensor, "N L 8 F"], Float[Tensor, "N L 3 2"]]:
         """Features at the 8 grid corners around each point, per level, and the per-axis (1 - f, f) pairs."""
         levels, features = self.config.levels, self.config.features_per_level
@@ -145,6 +163,8 @@ class HashGridEncoding(nn.Module):
         return (wx[..., :, None, None] * (wy[..., :, None] * wz[..., None, :])[..., None, :, :]).reshape(*wx.shape[:-1], 8)
 
     def forward(self, x: Float[Tensor, "N 3"]) -> Float[Tensor, "N F"]:
+        if self._fuses(x):
+            return fused_encode(x, self.tables.reshape(-1, self.config.features_per_level), self.layout, False)[0]
         values, pairs = self._corners(x)
         weights = self._trilinear(pairs[:, :, 0], pairs[:, :, 1], pairs[:, :, 2])
         # A broadcast product and sum, not einsum: einsum lowers this to millions of 1x8 @ 8xF batched matmuls.
@@ -158,6 +178,10 @@ class HashGridEncoding(nn.Module):
         an axis interpolates the differences across that axis over the other two. Same gathered corners as
         ``forward``, about half its elementwise work again instead of double backward's several times.
         """
+        if self._fuses(x):
+            features, jacobian = fused_encode(x, self.tables.reshape(-1, self.config.features_per_level), self.layout, True)
+            assert jacobian is not None
+            return features, jacobian
         values, pairs = self._corners(x)
         fx, fy, fz = (pairs[:, :, axis, 1, None] for axis in range(3))  # N L 1 each
         v = values.unflatten(2, (2, 2, 2))  # N L x y z F
