@@ -1,6 +1,7 @@
 """Speed and peak memory of the optimization loop (64x64 renders unless told): the renderer alone, the prior
 alone, the whole step (figures read back each step, then every ``log_every`` steps as a run does, then the same
-with the renderer's sample compaction forced on).
+with the renderer's sample compaction forced on, with the hash grid in tensor operations instead of the fused
+kernels, and with the field's queries launched op by op instead of replayed from CUDA graphs).
 
     python bench/loop.py OUT.json [--device cpu|cuda] [--prior analytic|embedded] [--steps N] [--preset default]
                          [--resolution 64]
@@ -25,7 +26,7 @@ from profiling import write_profile  # bench/profiling.py, beside this script
 from dreamfusion.cameras import sample_cameras
 from dreamfusion.config import build_config
 from dreamfusion.priors import build_prior
-from dreamfusion.renderer import render
+from dreamfusion.renderer import Randomness, RenderDraws, ShadingOptions
 from dreamfusion.sds import score_distillation
 from dreamfusion.trainer import Trainer
 
@@ -81,12 +82,14 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     cameras = sample_cameras(config.camera, args.batch_size, generator).to(device)
 
-    def render_only() -> None:
-        out = render(
-            trainer.renderer.render_field, trainer.background, cameras, config.renderer, shading="lambertian",
-            with_normals=True, training=True, host_generator=trainer.rng.host, device_generator=trainer.rng.device,
-        )
-        out.rgb.sum().backward()
+    shaded = ShadingOptions("lambertian", with_normals=True)
+
+    def render_only() -> None:  # as a training step renders (replayed from CUDA graphs where it does)
+        rays = cameras.rays_o.shape[:3].numel()
+        draws = RenderDraws.draw(config.renderer, trainer.background, args.batch_size, rays, trainer.rng.host, trainer.rng.device)
+        with trainer.matmul_precision():
+            out = trainer.renderer(cameras, config.renderer, shaded, Randomness(training=True, draws=draws))
+            out["rgb"].sum().backward()
 
     latents = prior.encode_images(torch.rand(args.batch_size, 3, prior.resolution, prior.resolution, device=device))
     cond, uncond = trainer.guidance.embeddings.for_views(cameras.view_labels)
@@ -111,6 +114,11 @@ def main() -> None:
 
     # The same loop with the renderer's sample compaction forced on (it is off for CUDA training renders).
     compacting = Trainer(replace(config, renderer=replace(config.renderer, sample_compaction="on")), prior, device)
+    # And with the hash grid in tensor operations (the fused kernels run on CUDA only).
+    encoding = replace(config.field.encoding, kernel="torch")
+    tensor_ops = Trainer(replace(config, field=replace(config.field, encoding=encoding)), prior, device)
+    # And with every field query launched op by op (no CUDA graphs).
+    eager = Trainer(replace(config, trainer=replace(config.trainer, cuda_graphs=False)), prior, device)
 
     rows = {
         "renderer (fwd+bwd, shaded)": measure(render_only, args.steps, device),
@@ -118,6 +126,8 @@ def main() -> None:
         "whole step, read each step": measure(trainer.train_step, args.steps, device),
         f"whole step, read every {every}": measure(read_in_batches(trainer), args.steps, device),
         "same, compacted samples": measure(read_in_batches(compacting), args.steps, device),
+        "same, tensor-op hash grid": measure(read_in_batches(tensor_ops), args.steps, device),
+        "same, no CUDA graphs": measure(read_in_batches(eager), args.steps, device),
     }
     profiled = write_profile(trainer.train_step, device, args.profile) if args.profile is not None else None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

@@ -15,11 +15,11 @@ LAYERS: list[tuple[str, ...]] = [
     # lowest first; a module belongs to the first entry that is its name or a package above it
     ("dreamfusion.errors", "dreamfusion.typed_config", "dreamfusion.files", "dreamfusion.memory", "dreamfusion.runlock",
      "dreamfusion.schedules", "dreamfusion.diffusion", "dreamfusion.collapse", "dreamfusion.transfer",
-     "dreamfusion.voxels"),
+     "dreamfusion.voxels", "dreamfusion.hash_kernels", "dreamfusion.hash_triton"),
     ("dreamfusion.cameras", "dreamfusion.field", "dreamfusion.shading", "dreamfusion.sds", "dreamfusion.distributed"),
     ("dreamfusion.geometry", "dreamfusion.renderer", "dreamfusion.regularizers", "dreamfusion.scene", "dreamfusion.sdf_field",
      "dreamfusion.procedural"),
-    ("dreamfusion.priors", "dreamfusion.embedded", "dreamfusion.guidance", "dreamfusion.export"),
+    ("dreamfusion.priors", "dreamfusion.embedded", "dreamfusion.guidance", "dreamfusion.export", "dreamfusion.render_graph"),
     ("dreamfusion.trainer", "dreamfusion.refine"),
     ("dreamfusion.config",),
     ("dreamfusion.run",),

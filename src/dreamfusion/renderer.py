@@ -14,7 +14,7 @@ from torch import Tensor
 from dreamfusion.cameras import CameraBatch
 from dreamfusion.field import NeRFField
 from dreamfusion.geometry import Geometry
-from dreamfusion.shading import Background, ShadingMode, shade
+from dreamfusion.shading import Background, BackgroundDraw, ShadingMode, shade
 from dreamfusion.voxels import dilated
 
 
@@ -86,10 +86,35 @@ class ShadingOptions:
         return self.with_normals or self.mode != "albedo"
 
 
+@dataclass
+class RenderDraws:
+    """A training render's random numbers, drawn before it: the jitter of the samples along each ray and the
+    quantiles of the importance samples (the device stream, in that order), then the background (the host
+    stream), as a render with only the generators draws them. A captured graph of the render takes them as
+    inputs."""
+
+    jitter: Float[Tensor, "R S"]
+    importance: Float[Tensor, "R I"] | None
+    background: BackgroundDraw
+
+    @classmethod
+    def draw(
+        cls, config: RendererConfig, background: Background, batch: int, rays: int,
+        host_generator: torch.Generator, device_generator: torch.Generator,
+    ) -> RenderDraws:  # fmt: skip
+        device = device_generator.device
+        jitter = torch.rand(rays, config.num_samples, generator=device_generator, device=device)
+        importance = None
+        if config.num_importance > 0:
+            importance = torch.rand(rays, config.num_importance, generator=device_generator, device=device)
+        return cls(jitter, importance, background.draw(batch, host_generator, device))
+
+
 @dataclass(frozen=True)
 class Randomness:
-    """Where a render's random numbers come from. Only training renders draw any, in this order: the jitter of
-    the samples, then the importance samples (both ``device_generator``), then the background (``host_generator``)."""
+    """Where a training render's random numbers come from: ``draws``, or else the generators (see
+    ``RenderDraws``). Renders outside training draw none: samples sit at their intervals' centres, importance
+    samples at evenly spaced quantiles, and the background is the evaluation one."""
 
     training: bool = False
     """Jitter the samples along each ray and augment the background; otherwise both are deterministic."""
@@ -97,11 +122,15 @@ class Randomness:
     """CPU stream of the background's random colours."""
     device_generator: torch.Generator | None = None
     """Stream of the sample positions, on the rays' device."""
+    draws: RenderDraws | None = None
 
-    @property
-    def importance_generator(self) -> torch.Generator | None:
-        """None: evenly spaced quantiles of the weights, for reproducible renders outside training."""
-        return self.device_generator if self.training else None
+    def drawn(self, config: RendererConfig, background: Background, batch: int, rays: int) -> RenderDraws | None:
+        """The render's random numbers: ``draws``, else drawn now from the generators; None outside training."""
+        if not self.training or self.draws is not None:
+            return self.draws
+        if self.host_generator is None or self.device_generator is None:
+            raise ValueError("a training render needs its random numbers: draws, or a host and a device generator")
+        return RenderDraws.draw(config, background, batch, rays, self.host_generator, self.device_generator)
 
 
 @dataclass
@@ -170,16 +199,17 @@ def ray_sphere_interval(
 
 
 def _sample_pdf(
-    bins: Float[Tensor, "R K"], weights: Float[Tensor, "R K"], count: int, generator: torch.Generator | None
+    bins: Float[Tensor, "R K"], weights: Float[Tensor, "R K"], count: int, quantiles: Float[Tensor, "R count"] | None
 ) -> Float[Tensor, "R count"]:
-    """Inverse-transform samples of distances from piecewise-constant weights over sample intervals."""
+    """Inverse-transform samples of distances from piecewise-constant weights over sample intervals, at
+    ``quantiles`` (random in training), else at evenly spaced ones."""
     pdf = (weights + 1e-5) / (weights + 1e-5).sum(-1, keepdim=True)
     cdf = torch.cat((torch.zeros_like(pdf[:, :1]), pdf.cumsum(-1)), dim=-1)  # R K+1
     edges = torch.cat((bins[:, :1], 0.5 * (bins[:, 1:] + bins[:, :-1]), bins[:, -1:]), dim=-1)  # R K+1
-    if generator is None:
+    if quantiles is None:
         u = torch.linspace(0.0, 1.0, count + 2, device=bins.device)[1:-1].expand(bins.shape[0], count)
     else:
-        u = torch.rand(bins.shape[0], count, generator=generator, device=bins.device)
+        u = quantiles
     index = torch.searchsorted(cdf, u.contiguous(), right=True).clamp(1, cdf.shape[-1] - 1)
     cdf_lo, cdf_hi = cdf.gather(-1, index - 1), cdf.gather(-1, index)
     edge_lo, edge_hi = edges.gather(-1, index - 1), edges.gather(-1, index)
@@ -201,26 +231,25 @@ def compositing_weights(
 
 
 def _stratified(
-    near: Float[Tensor, " R"], far: Float[Tensor, " R"], count: int, randomness: Randomness
+    near: Float[Tensor, " R"], far: Float[Tensor, " R"], count: int, jitter: Float[Tensor, "R count"] | None
 ) -> Float[Tensor, "R count"]:
-    """One distance in each of ``count`` equal intervals of [near, far]: its centre, or a random point in training."""
+    """One distance in each of ``count`` equal intervals of [near, far]: at ``jitter`` (in [0, 1)) across it in
+    training, else its centre."""
     steps = torch.arange(count, device=near.device, dtype=near.dtype)
-    if randomness.training:
-        jitter = torch.rand(near.shape[0], count, generator=randomness.device_generator, device=near.device)
-    else:
+    if jitter is None:
         jitter = torch.full((near.shape[0], count), 0.5, device=near.device)
     return near[:, None] + (far - near)[:, None] * (steps + jitter) / count
 
 
 @torch.no_grad()
 def _with_importance_samples(
-    geometry: Geometry, samples: RaySamples, count: int, randomness: Randomness
+    geometry: Geometry, samples: RaySamples, count: int, quantiles: Float[Tensor, "R count"] | None
 ) -> RaySamples:
     """``samples`` and ``count`` more per ray, drawn where a density-only pass over them puts the weight."""
     rays, coarse = samples.t.shape
     density = geometry.density(samples.points.reshape(-1, 3)).reshape(rays, coarse)
     weights = compositing_weights(density, samples.t, samples.far)
-    fine = _sample_pdf(samples.t, weights, count, randomness.importance_generator)
+    fine = _sample_pdf(samples.t, weights, count, quantiles)
     t, _ = torch.sort(torch.cat((samples.t, fine), dim=-1), dim=-1)
     return replace(samples, t=t)
 
@@ -230,13 +259,15 @@ def sample_rays(
     origins: Float[Tensor, "R 3"],
     directions: Float[Tensor, "R 3"],
     config: RendererConfig,
-    randomness: Randomness,
+    draws: RenderDraws | None,
 ) -> RaySamples:
-    """Stratified distances inside the geometry's bounding sphere, refined by importance samples when configured."""
+    """Stratified distances inside the geometry's bounding sphere, refined by importance samples when configured;
+    at random positions from ``draws`` in training, else at fixed ones."""
     near, far, hit = ray_sphere_interval(origins, directions, geometry.bound, config.near_min)
-    samples = RaySamples(origins, directions, _stratified(near, far, config.num_samples, randomness), far, hit)
+    jitter = None if draws is None else draws.jitter
+    samples = RaySamples(origins, directions, _stratified(near, far, config.num_samples, jitter), far, hit)
     if config.num_importance > 0:
-        samples = _with_importance_samples(geometry, samples, config.num_importance, randomness)
+        samples = _with_importance_samples(geometry, samples, config.num_importance, None if draws is None else draws.importance)
     return samples
 
 
@@ -339,19 +370,37 @@ def render(
     training: bool = False,
     host_generator: torch.Generator | None = None,
     device_generator: torch.Generator | None = None,
+    draws: RenderDraws | None = None,
     occupancy: OccupancyGrid | None = None,
 ) -> RenderOutput:
     """Render ``cameras`` through the four stages. ``shading`` (the mode), ``ambient``, ``diffuse`` and
     ``with_normals`` are the ``ShadingOptions``; ``training`` (sample jitter, background augmentation) and the
-    generators are the ``Randomness``. With ``occupancy``, samples in empty cells are skipped (for rendering
-    trained fields)."""
+    generators or ``draws`` are the ``Randomness``. With ``occupancy``, samples in empty cells are skipped (for
+    rendering trained fields)."""
     options = ShadingOptions(shading, ambient, diffuse, with_normals)
-    randomness = Randomness(training, host_generator, device_generator)
-    samples = sample_rays(geometry, cameras.rays_o.reshape(-1, 3), cameras.rays_d.reshape(-1, 3), config, randomness)
-    compact = compacts_samples(config, training, cameras.rays_o.device)
+    randomness = Randomness(training, host_generator, device_generator, draws)
+    return render_rays(geometry, background, cameras.rays_o, cameras.rays_d, cameras.light_position, config, options,
+                       randomness, occupancy)  # fmt: skip
+
+
+def render_rays(
+    geometry: Geometry,
+    background: Background,
+    rays_o: Float[Tensor, "B H W 3"],
+    rays_d: Float[Tensor, "B H W 3"],
+    light_position: Float[Tensor, "B 3"],
+    config: RendererConfig,
+    options: ShadingOptions,
+    randomness: Randomness,
+    occupancy: OccupancyGrid | None = None,
+) -> RenderOutput:
+    """``render`` from the cameras' rays and lights alone."""
+    draws = randomness.drawn(config, background, rays_o.shape[0], rays_o.shape[:3].numel())
+    samples = sample_rays(geometry, rays_o.reshape(-1, 3), rays_d.reshape(-1, 3), config, draws)
+    compact = compacts_samples(config, randomness.training, rays_o.device)
     sampled = query_geometry(geometry, samples, occupancy, compact, with_normals=options.needs_normals)
     weights = compositing_weights(sampled.density, samples.t, samples.far)
-    lights = cameras.light_position[:, None, None, :].expand_as(cameras.rays_o).reshape(-1, 3)
+    lights = light_position[:, None, None, :].expand_as(rays_o).reshape(-1, 3)
     shaded = shade_samples(geometry, sampled, weights, lights, options, config.normal_weight_threshold)
-    behind = background.colour(cameras.rays_d, randomness.training, randomness.host_generator)
+    behind = background.colour(rays_d, randomness.training, None, None if draws is None else draws.background)
     return composite(samples, weights, shaded, behind)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
 from dreamfusion.transfer import to_device
@@ -82,6 +82,16 @@ def shade(
 BackgroundKind = Literal["mlp", "random_solid"]
 
 
+@dataclass
+class BackgroundDraw:
+    """The random part of a training render's background (see ``Background.draw``)."""
+
+    solid: Float[Tensor, "B 3"]
+    """A solid colour per view."""
+    swap: Bool[Tensor, " B"] | None
+    """With a learned background: the views that show their solid colour instead; None: all of them do."""
+
+
 @dataclass(frozen=True)
 class BackgroundConfig:
     """What lies behind the object: a learned environment map, or a random solid colour."""
@@ -129,18 +139,31 @@ class Background(nn.Module):
     def forward(self, directions: Float[Tensor, "*N 3"]) -> Float[Tensor, "*N 3"]:
         return torch.sigmoid(self.mlp(frequency_encoding(directions, self.config.frequencies)))
 
+    def draw(self, batch: int, generator: torch.Generator, device: torch.device) -> BackgroundDraw:
+        """A training render's random solid colours (and, with kind "mlp", which views show them instead of the
+        learned background), drawn from ``generator`` (CPU) and moved to ``device``."""
+        solid = to_device(torch.rand(batch, 3, generator=generator), device)
+        if self.config.kind == "random_solid":
+            return BackgroundDraw(solid, None)
+        return BackgroundDraw(solid, to_device(torch.rand(batch, generator=generator) < self.config.random_solid_probability, device))
+
     def colour(
-        self, directions: Float[Tensor, "B H W 3"], training: bool, generator: torch.Generator | None
+        self,
+        directions: Float[Tensor, "B H W 3"],
+        training: bool,
+        generator: torch.Generator | None,
+        drawn: BackgroundDraw | None = None,
     ) -> Float[Tensor, "B H W 3"]:
-        """The background seen along each ray; random solid colours are drawn from ``generator`` (CPU)."""
-        batch = directions.shape[0]
-        if training and generator is not None:
-            solid = to_device(torch.rand(batch, 3, generator=generator), directions.device).to(directions.dtype)
-            if self.config.kind == "random_solid":
-                return solid[:, None, None, :].expand_as(directions)
-            swap = to_device(torch.rand(batch, generator=generator) < self.config.random_solid_probability, directions.device)
+        """The background seen along each ray. In training, random solid colours come from ``drawn``, or are
+        drawn from ``generator`` (CPU); without either, and outside training, it is the evaluation background."""
+        if training and drawn is None and generator is not None:
+            drawn = self.draw(directions.shape[0], generator, directions.device)
+        if training and drawn is not None:
+            solid = drawn.solid.to(directions.dtype)[:, None, None, :].expand_as(directions)
+            if drawn.swap is None:
+                return solid
             learned = self(directions)
-            return torch.where(swap[:, None, None, None], solid[:, None, None, :].expand_as(learned), learned)
+            return torch.where(drawn.swap[:, None, None, None], solid, learned)
         if self.config.kind == "random_solid":
             return torch.tensor(self.config.eval_colour).to(directions).expand_as(directions)
         return self(directions)

@@ -6,7 +6,7 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -26,7 +26,16 @@ from dreamfusion.guidance import Guidance
 from dreamfusion.priors.base import DiffusionPrior
 from dreamfusion.refine import STAGES, Stage, eikonal_loss, fit_to_nerf, refine_field
 from dreamfusion.regularizers import loss_opacity, loss_orientation
-from dreamfusion.renderer import RendererConfig, RenderOutput, render
+from dreamfusion.render_graph import GraphedRender
+from dreamfusion.renderer import (
+    Randomness,
+    RenderDraws,
+    RendererConfig,
+    RenderOutput,
+    ShadingOptions,
+    compacts_samples,
+    render_rays,
+)
 from dreamfusion.schedules import LearningRateSchedule, Ramp
 from dreamfusion.sdf_field import SDFField
 from dreamfusion.sds import SDSOutput
@@ -36,6 +45,7 @@ if TYPE_CHECKING:
     from dreamfusion.config import RunConfig
 
 CHECKPOINT_VERSION = 1
+
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,14 @@ class TrainerConfig:
     """Stop with an error after this many skipped non-finite steps in a row."""
     mixed_precision: Literal["auto", "off", "bf16", "fp16"] = "auto"
     """Autocast dtype of the prior's forward: "auto" is bf16 on CUDA and off on CPU. The NeRF stays fp32."""
+    cuda_graphs: bool = True
+    """On a CUDA device, replay training renders (forward and backward) from CUDA graphs (``render_graph``): a
+    render is several hundred small operations, and launching them one by one kept the host busier than the
+    device. Not with compile_field, in the surface stage, with several processes, or with autograd normals."""
+    tf32: bool = True
+    """On a CUDA device, float32 matrix products in training steps (the field's MLP, forward and backward) use
+    TensorFloat-32, about twice as fast; they then agree with float32 to about 1e-3. Evaluation and export keep
+    full float32."""
     compile_field: bool = False
     """torch.compile the field (forward and backward) for training renders: on a fast GPU a render is bound by
     launching the hash encoding's and MLP's many small kernels, which compiling fuses (on an H200 a shaded
@@ -203,11 +221,12 @@ class SceneRenderer(nn.Module):
     tensors it must watch.
     """
 
-    def __init__(self, field: NeRFField, background: Background, compile_field: bool = False) -> None:
+    def __init__(self, field: NeRFField, background: Background, compile_field: bool = False, cuda_graphs: bool = False) -> None:
         super().__init__()
         self.field = field
         self.background = background
         self._compiled = CompiledField(field) if compile_field else None
+        self._graphed = GraphedRender(field, background) if cuda_graphs else None
 
     @property
     def render_field(self) -> Geometry:
@@ -215,8 +234,15 @@ class SceneRenderer(nn.Module):
         out of the module's attributes, so the field is registered once)."""
         return self.field if self._compiled is None else self._compiled
 
-    def forward(self, cameras: CameraBatch, config: RendererConfig, **options: Any) -> dict[str, Tensor | None]:
-        return dict(vars(render(self.render_field, self.background, cameras, config, **options)))
+    def forward(
+        self, cameras: CameraBatch, config: RendererConfig, options: ShadingOptions, randomness: Randomness
+    ) -> dict[str, Tensor | None]:
+        if self._graphed is not None and randomness.draws is not None and torch.is_grad_enabled():
+            out = self._graphed(cameras.rays_o, cameras.rays_d, cameras.light_position, config, options, randomness.draws)
+        else:
+            out = render_rays(self.render_field, self.background, cameras.rays_o, cameras.rays_d, cameras.light_position,
+                              config, options, randomness)  # fmt: skip
+        return dict(vars(out))
 
 
 COMPILE_PAYS_FROM_STEPS: dict[str, int] = {"embedded": 13_000}
@@ -300,7 +326,8 @@ class Trainer:
         self.guidance = Guidance(config.guidance, prior, config.prompt, device, self._autocast)
 
     def _scene_renderer(self) -> nn.Module:
-        renderer: nn.Module = SceneRenderer(self.field, self.background, self.config.trainer.compile_field)
+        trainer = self.config.trainer
+        renderer: nn.Module = SceneRenderer(self.field, self.background, trainer.compile_field, self._graphs_training_renders())
         if not self.context.distributed:
             return renderer
         # Broadcasts rank 0's parameters; a random solid background leaves its MLP without gradients.
@@ -309,6 +336,14 @@ class Trainer:
             device_ids=[self.device.index] if self.device.type == "cuda" else None,
             find_unused_parameters=self.config.background.kind == "random_solid",
         )
+
+    def _graphs_training_renders(self) -> bool:
+        trainer = self.config.trainer
+        return (
+            trainer.cuda_graphs and not trainer.compile_field and self.device.type == "cuda" and not self.context.distributed
+            and type(self.field) is NeRFField and self.field.config.normals != "autograd"
+            and not compacts_samples(self.stage.renderer, training=True, device=self.device)  # fixed sample counts
+        )  # fmt: skip
 
     def _optimizer(self, field_lr: float) -> torch.optim.Optimizer:
         trainer = self.config.trainer
@@ -351,6 +386,19 @@ class Trainer:
         dtype = torch.float16 if mode == "fp16" else torch.bfloat16
         return torch.autocast("cuda", dtype=dtype)
 
+    @contextlib.contextmanager
+    def matmul_precision(self) -> Iterator[None]:
+        """TensorFloat-32 matrix products for the step with ``trainer.tf32`` on CUDA; the setting is restored after."""
+        if self.device.type != "cuda" or not self.config.trainer.tf32:
+            yield
+            return
+        before = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = before
+
     def train_step(self, cameras: CameraBatch | None = None) -> StepMetrics:
         """One optimization step, read back at once (for tests and benchmarks; ``fit`` reads in batches)."""
         return self.read_steps([self.queue_step(cameras)])[0]
@@ -362,11 +410,12 @@ class Trainer:
         step = self.step
         lr = self._set_learning_rate(step)
         weights = self._loss_weights(step)
-        views = self._sample_views(cameras)
-        out = self._render(views, with_normals=weights["lambda_orient"] > 0)
-        guidance = self._guidance_losses(out, views, step)
-        losses = {"loss_sds": guidance.loss_sds, **self._regularizer_losses(out, weights)}
-        values = self._apply(losses, weights, out)
+        with self.matmul_precision():
+            views = self._sample_views(cameras)
+            out = self._render(views, with_normals=weights["lambda_orient"] > 0)
+            guidance = self._guidance_losses(out, views, step)
+            losses = {"loss_sds": guidance.loss_sds, **self._regularizer_losses(out, weights)}
+            values = self._apply(losses, weights, out)
         self.step += 1
         # The timesteps were drawn on the host: reading one costs no wait for the device.
         return PendingStep(step, weights, lr, int(guidance.timesteps[0]), views.shading, tuple(losses), values)
@@ -397,18 +446,11 @@ class Trainer:
         return StepViews(cameras.to(self.device), shading)
 
     def _render(self, views: StepViews, with_normals: bool) -> RenderOutput:
-        config = self.config
-        out = self.renderer(
-            views.cameras,
-            self.stage.renderer,
-            shading=views.shading,
-            ambient=config.shading.ambient,
-            diffuse=config.shading.diffuse,
-            with_normals=with_normals,
-            training=True,
-            host_generator=self.rng.host,
-            device_generator=self.rng.device,
-        )
+        config, cameras = self.config, views.cameras
+        rays = cameras.rays_o.shape[:3].numel()
+        draws = RenderDraws.draw(self.stage.renderer, self.background, cameras.batch_size, rays, self.rng.host, self.rng.device)
+        options = ShadingOptions(views.shading, config.shading.ambient, config.shading.diffuse, with_normals)
+        out = self.renderer(cameras, self.stage.renderer, options, Randomness(training=True, draws=draws))
         return RenderOutput(**out)
 
     def _guidance_losses(self, out: RenderOutput, views: StepViews, step: int) -> SDSOutput:
