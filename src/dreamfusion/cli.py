@@ -132,7 +132,7 @@ def generate(
     if _relaunch_under_torchrun(gpus, lambda: check_run_dir(run_dir, resume, overwrite)):
         return
 
-    if run_config.trainer.compile_field:
+    if _compiles(run_config):
         console.print("compiling with torch.compile: the first steps wait for it (minutes the first time, then cached)")
     progress = _progress()
     task = progress.add_task("optimizing", total=run_config.total_steps, speed=0.0, loss=float("nan"))
@@ -169,9 +169,9 @@ def generate(
 
 
 COMPILE_HELP = (
-    "torch.compile the NeRF field and, for sd / if, the prior's networks (channels-last too): 1.5-2x faster "
-    "steps on a GPU after minutes of compiling (cached for later runs). Skipped, with a note, where it cannot "
-    "pay: on a CPU, and with the embedded prior for runs under about 13,000 steps."
+    "torch.compile the prior's networks (sd / if; channels-last too): faster steps on a GPU after minutes of "
+    "compiling (cached for later runs). Skipped, with a note, where it cannot pay: on a CPU, and with the "
+    "embedded prior, which has nothing to compile."
 )
 
 
@@ -199,22 +199,27 @@ PRIOR_COMPILE_OPTIONS = {"compile_unet": True, "compile_vae": True, "channels_la
 
 
 def _compiled_where_it_pays(config: RunConfig, compile: bool) -> RunConfig:
-    """With --compile: the field and, where its config has those options (sd, if), the prior's networks are
-    compiled, unless compiling cannot pay for the run on its device; then a note says why and nothing is.
-    ``trainer: {compile_field: true}`` in a config file compiles the field regardless."""
+    """With --compile: the prior's networks, where its config has those options (sd, if), are compiled, unless
+    compiling cannot pay on the run's device or the prior has nothing to compile; then a note says why and
+    nothing is. ``trainer: {compile_field: true}`` in a config file compiles the field."""
     from dreamfusion.distributed import is_main_process, resolve_device
     from dreamfusion.trainer import compile_skip_reason
 
     if not compile:
         return config
-    reason = compile_skip_reason(resolve_device(config.device), config.prior.name, config.total_steps)
+    known = {field.name for field in fields(config.prior)}
+    options = {k: v for k, v in PRIOR_COMPILE_OPTIONS.items() if k in known}
+    reason = compile_skip_reason(resolve_device(config.device), config.prior.name, bool(options))
     if reason is not None:
         if is_main_process():
-            console.print(f"[yellow]note:[/] --compile skipped: {reason} (trainer: {{compile_field: true}} in a --config file compiles anyway)")
+            console.print(f"[yellow]note:[/] --compile skipped: {reason}")
         return config
+    return replace(config, prior=replace(config.prior, **options))
+
+
+def _compiles(config: RunConfig) -> bool:
     known = {field.name for field in fields(config.prior)}
-    prior = replace(config.prior, **{k: v for k, v in PRIOR_COMPILE_OPTIONS.items() if k in known})
-    return replace(config, prior=prior, trainer=replace(config.trainer, compile_field=True))
+    return config.trainer.compile_field or any(getattr(config.prior, k) for k in ("compile_unet", "compile_vae") if k in known)
 
 
 DEVICES = ("auto", "cpu", "cuda")

@@ -71,8 +71,9 @@ class HashGridConfig:
     init_scale: float = 1e-4
     kernel: EncodingKernel = "fused"
     """"fused": on CUDA, the Triton kernels of ``hash_kernels`` (where Triton is installed and the points need no
-    gradient, as in every render), about 10x less GPU time than tensor operations; "torch": tensor operations
-    everywhere. Both give the same features up to the order of float sums."""
+    gradient, as in every render): a default training step on an H200 took 9.0 ms with them, 15.1 ms with tensor
+    operations (the kernels themselves 0.8 ms); "torch": tensor operations everywhere. Both give the same
+    features up to the order of float sums."""
 
     def __post_init__(self) -> None:
         if min(self.levels, self.features_per_level, self.log2_table_size, self.base_resolution) <= 0:
