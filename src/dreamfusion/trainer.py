@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 CHECKPOINT_VERSION = 1
 
 
-
 @dataclass(frozen=True)
 class TrainerConfig:
     """The optimization: steps, learning rates, loss weights, checkpoints."""
@@ -80,8 +79,8 @@ class TrainerConfig:
     device. Not with compile_field, in the surface stage, with several processes, or with autograd normals."""
     tf32: bool = True
     """On a CUDA device, float32 matrix products in training steps (the field's MLP, forward and backward) use
-    TensorFloat-32, about twice as fast; they then agree with float32 to about 1e-3. Evaluation and export keep
-    full float32."""
+    TensorFloat-32 where the GPU has it: faster, and equal to float32 to about 1e-3 relative. Evaluation and
+    export keep full float32."""
     compile_field: bool = False
     """torch.compile the field (forward and backward) for training renders, in tensor operations: before the
     fused hash-grid kernels and CUDA graphs this took a shaded render's forward + backward on an H200 from 14.5
