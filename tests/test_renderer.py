@@ -211,7 +211,7 @@ def test_training_an_empty_field_renders_the_augmented_background() -> None:
     config = RendererConfig(num_samples=16, num_importance=8)
     out = render(field, background, cameras, config, shading="lambertian", with_normals=True, training=True,
                  host_generator=torch.Generator().manual_seed(7), device_generator=torch.Generator().manual_seed(8))  # fmt: skip
-    expected = background.colour(cameras.rays_d, True, torch.Generator().manual_seed(7))
+    expected = background.colour(cameras.rays_d, background.draw(cameras.batch_size, torch.Generator().manual_seed(7), torch.device("cpu")))
     assert torch.equal(out.opacity, torch.zeros_like(out.opacity)) and torch.equal(out.rgb, expected)
     _assert_backward_leaves_finite_grads(out, field)
 

@@ -113,7 +113,7 @@ def _directions() -> torch.Tensor:
 
 def test_random_solid_background_is_one_drawn_colour_per_image_in_training() -> None:
     background = Background(BackgroundConfig(kind="random_solid"))
-    colour = background.colour(_directions(), training=True, generator=torch.Generator().manual_seed(7))
+    colour = background.colour(_directions(), background.draw(2, torch.Generator().manual_seed(7), torch.device("cpu")))
     expected = torch.rand(2, 3, generator=torch.Generator().manual_seed(7))
     assert colour.shape == (2, 4, 4, 3)
     assert torch.equal(colour, expected[:, None, None, :].expand(2, 4, 4, 3))
@@ -121,7 +121,7 @@ def test_random_solid_background_is_one_drawn_colour_per_image_in_training() -> 
 
 def test_random_solid_background_is_the_eval_colour_in_evaluation() -> None:
     background = Background(BackgroundConfig(kind="random_solid", eval_colour=(0.0, 0.5, 1.0)))
-    colour = background.colour(_directions(), training=False, generator=None)
+    colour = background.colour(_directions())
     assert (colour == torch.tensor([0.0, 0.5, 1.0])).all()
 
 
@@ -133,7 +133,7 @@ def test_learned_background_is_its_mlp_unless_swapped_for_a_solid() -> None:
     directions = _directions()
     mlp = learned(directions)
     assert ((mlp > 0) & (mlp < 1)).all() and mlp.std() > 0
-    assert torch.equal(learned.colour(directions, training=False, generator=None), mlp)
-    assert torch.equal(learned.colour(directions, training=True, generator=torch.Generator().manual_seed(1)), mlp)
-    solid = swapped.colour(directions, training=True, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(learned.colour(directions), mlp)
+    assert torch.equal(learned.colour(directions, learned.draw(2, torch.Generator().manual_seed(1), torch.device("cpu"))), mlp)
+    solid = swapped.colour(directions, swapped.draw(2, torch.Generator().manual_seed(1), torch.device("cpu")))
     assert torch.equal(solid, torch.rand(2, 3, generator=torch.Generator().manual_seed(1))[:, None, None].expand_as(solid))

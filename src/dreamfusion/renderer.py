@@ -402,5 +402,5 @@ def render_rays(
     weights = compositing_weights(sampled.density, samples.t, samples.far)
     lights = light_position[:, None, None, :].expand_as(rays_o).reshape(-1, 3)
     shaded = shade_samples(geometry, sampled, weights, lights, options, config.normal_weight_threshold)
-    behind = background.colour(rays_d, randomness.training, None, None if draws is None else draws.background)
+    behind = background.colour(rays_d, None if draws is None else draws.background)
     return composite(samples, weights, shaded, behind)

@@ -147,18 +147,10 @@ class Background(nn.Module):
             return BackgroundDraw(solid, None)
         return BackgroundDraw(solid, to_device(torch.rand(batch, generator=generator) < self.config.random_solid_probability, device))
 
-    def colour(
-        self,
-        directions: Float[Tensor, "B H W 3"],
-        training: bool,
-        generator: torch.Generator | None,
-        drawn: BackgroundDraw | None = None,
-    ) -> Float[Tensor, "B H W 3"]:
-        """The background seen along each ray. In training, random solid colours come from ``drawn``, or are
-        drawn from ``generator`` (CPU); without either, and outside training, it is the evaluation background."""
-        if training and drawn is None and generator is not None:
-            drawn = self.draw(directions.shape[0], generator, directions.device)
-        if training and drawn is not None:
+    def colour(self, directions: Float[Tensor, "B H W 3"], drawn: BackgroundDraw | None = None) -> Float[Tensor, "B H W 3"]:
+        """The background seen along each ray: with ``drawn`` (training), its random solid colours; without,
+        the evaluation background."""
+        if drawn is not None:
             solid = drawn.solid.to(directions.dtype)[:, None, None, :].expand_as(directions)
             if drawn.swap is None:
                 return solid
