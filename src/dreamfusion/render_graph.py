@@ -34,6 +34,8 @@ class _TrainingRender(nn.Module):
         self.geometry = geometry
         self.background = background
         self.config, self.options, self.importance, self.swap = config, options, importance, swap
+        self.returned: tuple[str, ...] = ()
+        """The RenderOutput fields the last forward returned, in order (those that were not None)."""
 
     def forward(self, rays_o: Tensor, rays_d: Tensor, light_position: Tensor, jitter: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
         remaining = list(rest)
@@ -43,7 +45,8 @@ class _TrainingRender(nn.Module):
         draws = RenderDraws(jitter, importance, BackgroundDraw(solid, swap))
         out = render_rays(self.geometry, self.background, rays_o, rays_d, light_position, self.config, self.options,
                           Randomness(training=True, draws=draws))  # fmt: skip
-        return tuple(value for value in (getattr(out, name) for name in _OUTPUTS) if value is not None)
+        self.returned = tuple(name for name in _OUTPUTS if getattr(out, name) is not None)  # a graph returns tensors only
+        return tuple(getattr(out, name) for name in self.returned)
 
 
 class GraphedRender:
@@ -58,7 +61,7 @@ class GraphedRender:
     def __init__(self, geometry: Geometry, background: Background) -> None:
         self.geometry = geometry
         self.background = background
-        self._graphed: dict[tuple[Any, ...], Any] = {}
+        self._graphed: dict[tuple[Any, ...], tuple[_TrainingRender, Any]] = {}
         self._pool: Any = None
         self.eager_fallback = False
 
@@ -66,23 +69,24 @@ class GraphedRender:
         self, rays_o: Tensor, rays_d: Tensor, light_position: Tensor, config: RendererConfig, options: ShadingOptions,
         draws: RenderDraws,
     ) -> RenderOutput:  # fmt: skip
+        if self.eager_fallback:
+            return self._eager(rays_o, rays_d, light_position, config, options, draws)
         inputs = [rays_o, rays_d, light_position, draws.jitter]
         inputs += [t for t in (draws.importance, draws.background.solid, draws.background.swap) if t is not None]
         importance, swap = draws.importance is not None, draws.background.swap is not None
         key = (*(tuple(t.shape) for t in inputs), config, options, importance, swap, torch.backends.cuda.matmul.allow_tf32)
-        if self.eager_fallback:
-            return self._eager(rays_o, rays_d, light_position, config, options, draws)
         if key not in self._graphed:
+            module = _TrainingRender(self.geometry, self.background, config, options, importance, swap)
             try:
-                self._graphed[key] = self._capture(_TrainingRender(self.geometry, self.background, config, options, importance, swap), inputs)
+                self._graphed[key] = (module, self._capture(module, inputs))
             except Exception as error:  # noqa: BLE001 - any capture failure: fall back to eager renders
                 self.eager_fallback = True
                 warnings.warn(f"CUDA-graph capture of the training render failed ({type(error).__name__}: "
                               f"{str(error)[:200]}); rendering eagerly", RuntimeWarning, stacklevel=2)  # fmt: skip
                 return self._eager(rays_o, rays_d, light_position, config, options, draws)
-        values = iter(self._graphed[key](*inputs))
-        present = [name for name in _OUTPUTS if name != "sample_normals" or options.needs_normals]
-        found = dict(zip(present, values, strict=True))
+        module, graphed = self._graphed[key]
+        values = graphed(*inputs)
+        found = dict(zip(module.returned, values, strict=True))
         return RenderOutput(**{name: found.get(name) for name in _OUTPUTS})
 
     def _eager(self, rays_o: Tensor, rays_d: Tensor, light_position: Tensor, config: RendererConfig,
