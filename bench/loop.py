@@ -26,9 +26,8 @@ from profiling import write_profile  # bench/profiling.py, beside this script
 from dreamfusion.cameras import sample_cameras
 from dreamfusion.config import build_config
 from dreamfusion.priors import build_prior
-from dreamfusion.renderer import Randomness, RenderDraws, ShadingOptions
 from dreamfusion.sds import score_distillation
-from dreamfusion.trainer import Trainer
+from dreamfusion.trainer import StepViews, Trainer
 
 
 def measure(fn: Callable[[], object], steps: int, device: torch.device) -> dict[str, float]:
@@ -82,14 +81,9 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     cameras = sample_cameras(config.camera, args.batch_size, generator).to(device)
 
-    shaded = ShadingOptions("lambertian", with_normals=True)
-
     def render_only() -> None:  # as a training step renders (replayed from CUDA graphs where it does)
-        rays = cameras.rays_o.shape[:3].numel()
-        draws = RenderDraws.draw(config.renderer, trainer.background, args.batch_size, rays, trainer.rng.host, trainer.rng.device)
         with trainer.matmul_precision():
-            out = trainer.renderer(cameras, config.renderer, shaded, Randomness(training=True, draws=draws))
-            out["rgb"].sum().backward()
+            trainer.render_views(StepViews(cameras, "lambertian"), with_normals=True).rgb.sum().backward()
 
     latents = prior.encode_images(torch.rand(args.batch_size, 3, prior.resolution, prior.resolution, device=device))
     cond, uncond = trainer.guidance.embeddings.for_views(cameras.view_labels)

@@ -34,7 +34,7 @@ from profiling import write_profile  # bench/profiling.py, beside this script
 
 from dreamfusion.config import build_config
 from dreamfusion.priors.stable_diffusion import StableDiffusionPrior, StableDiffusionPriorConfig
-from dreamfusion.trainer import Trainer
+from dreamfusion.trainer import StepViews, Trainer
 
 # Published architecture configs (diffusers layout) of the models the bench imitates.
 SD21_BASE_UNET = dict(
@@ -143,24 +143,18 @@ def measure(label: str, prior: StableDiffusionPrior, run_overrides: dict[str, An
 
     # Parts of the step, each timed alone.
     from dreamfusion.cameras import sample_cameras
-    from dreamfusion.renderer import Randomness, RenderDraws, ShadingOptions
 
     cameras = sample_cameras(config.camera, 1, torch.Generator().manual_seed(0)).to(device)
     repeats = max(1, min(steps, 10))
     autocast = trainer._autocast
 
-    def training_render(options: ShadingOptions) -> dict:  # as a training step renders (from CUDA graphs where it does)
-        rays = cameras.rays_o.shape[:3].numel()
-        draws = RenderDraws.draw(config.renderer, trainer.background, 1, rays, trainer.rng.host, trainer.rng.device)
-        return trainer.renderer(cameras, config.renderer, options, Randomness(training=True, draws=draws))
-
-    def render_forward() -> torch.Tensor:
+    def render_forward() -> torch.Tensor:  # the parts render as a training step does (from CUDA graphs where it does)
         with torch.no_grad():
-            return training_render(ShadingOptions("albedo"))["rgb"]
+            return trainer.render_views(StepViews(cameras, "albedo"), with_normals=False).rgb
 
     def render_forward_backward() -> None:
         with trainer.matmul_precision():
-            training_render(ShadingOptions("lambertian", with_normals=True))["rgb"].sum().backward()
+            trainer.render_views(StepViews(cameras, "lambertian"), with_normals=True).rgb.sum().backward()
 
     rgb = render_forward().permute(0, 3, 1, 2)
     rgb = torch.nn.functional.interpolate(rgb, size=(prior.resolution,) * 2, mode="bilinear").detach()

@@ -407,7 +407,7 @@ class Trainer:
         weights = self._loss_weights(step)
         with self.matmul_precision():
             views = self._sample_views(cameras)
-            out = self._render(views, with_normals=weights["lambda_orient"] > 0)
+            out = self.render_views(views, with_normals=weights["lambda_orient"] > 0)
             guidance = self._guidance_losses(out, views, step)
             losses = {"loss_sds": guidance.loss_sds, **self._regularizer_losses(out, weights)}
             values = self._apply(losses, weights, out)
@@ -440,7 +440,9 @@ class Trainer:
         shading = sample_shading_mode(config.shading, self.step, self.rng.host)
         return StepViews(cameras.to(self.device), shading)
 
-    def _render(self, views: StepViews, with_normals: bool) -> RenderOutput:
+    def render_views(self, views: StepViews, with_normals: bool) -> RenderOutput:
+        """The step's render of ``views``: random numbers drawn first, then the scene renderer (replayed from CUDA
+        graphs where it uses them, when gradients are on)."""
         config, cameras = self.config, views.cameras
         rays = cameras.rays_o.shape[:3].numel()
         draws = RenderDraws.draw(self.stage.renderer, self.background, cameras.batch_size, rays, self.rng.host, self.rng.device)
